@@ -1,0 +1,148 @@
+"""Typed configuration: ``params.yaml`` is read here, once, and passed down as these objects.
+
+No other module opens ``params.yaml``. Stages call :func:`load_params` and hand each library
+function only the section it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPLITS: tuple[str, ...] = ("train", "val", "val_unseen", "test", "test_unseen")
+"""Known split names, in 'earlier to later' order (the leakage policy drops from the later split)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitFractions(_Strict):
+    """Fractions for a seeded, stratified split of sources without an official split."""
+
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitFractions":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:.4f}")
+        return self
+
+
+class SynthConfig(_Strict):
+    """SynthMeme generation (stage ``synth``)."""
+
+    seed: int = 13
+    n_memes: int = Field(3000, ge=30, description="total memes; generated as triples (hateful + 2 confounders)")
+    image_size: int = Field(256, ge=96, le=1024)
+    languages: dict[str, float] = Field(default_factory=lambda: {"en": 0.7, "zh": 0.3})
+    label_noise: float = Field(0.03, ge=0.0, lt=0.5)
+    unrelated_rate: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of weakly correlated memes")
+    unseen_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="fraction of triples in test_unseen")
+    split: SplitFractions = SplitFractions()
+    jpeg_quality: int = Field(90, ge=50, le=100)
+    workers: int = Field(2, ge=1)
+    output_dir: str = "data/synthmeme"
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - {"en", "zh"}
+        if unknown:
+            raise ValueError(f"SynthMeme renders only en and zh captions, got {sorted(unknown)}")
+        if not value or sum(value.values()) <= 0:
+            raise ValueError("languages needs at least one language with a positive weight")
+        return value
+
+
+class SourceConfig(BaseModel):
+    """One input data set: ``{name, format, path, ...options}``; options are format-specific."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    format: str
+    path: str
+    language: str | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class LeakageConfig(_Strict):
+    policy: Literal["drop_later", "flag"] = "drop_later"
+    phash_max_distance: int = Field(4, ge=0, le=32, description="Hamming distance on the 64-bit pHash")
+
+
+class ConsolidateConfig(_Strict):
+    """Stage ``consolidate``: loaders, image checks, splits, leakage."""
+
+    sources: list[SourceConfig]
+    split: SplitFractions = SplitFractions()
+    split_seed: int = 2024
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_image_bytes: int = Field(50_000_000, ge=1)
+    max_text_chars: int = Field(4000, ge=1)
+    leakage: LeakageConfig = LeakageConfig()
+    workers: int = Field(2, ge=1)
+    output_dir: str = "data/consolidated"
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, value: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {dupes}")
+        if not value:
+            raise ValueError("data.sources is empty: list at least one source")
+        return value
+
+
+class ValidateConfig(_Strict):
+    """Stage ``validate``: Great Expectations suite thresholds."""
+
+    min_class_count: int = Field(5, ge=0, description="per split, task and label present in that split")
+    class_count_splits: list[str] = Field(default_factory=lambda: ["train"])
+    max_empty_text_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class Params(_Strict):
+    """The whole of ``params.yaml`` that this version of the project understands."""
+
+    seed: int = 42
+    synth: SynthConfig = SynthConfig()
+    data: ConsolidateConfig
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message is one line naming the problem."""
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; raise :class:`ConfigError` with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    try:
+        return Params.model_validate(raw)
+    except Exception as exc:  # pydantic.ValidationError: condense to one line per problem
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors()]
+            raise ConfigError(f"{path}: " + "; ".join(parts)) from exc
+        raise ConfigError(f"{path}: {exc}") from exc

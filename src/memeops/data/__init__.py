@@ -1,0 +1,1 @@
+"""Data layer: SynthMeme, loaders for public meme formats, consolidation, validation."""

@@ -1,0 +1,386 @@
+"""Stage ``consolidate``: every configured source -> one meme table, a quarantine file and a datasheet.
+
+Order of work, each step able to quarantine a row (never drop it silently):
+1. the source's loader reads rows (malformed rows, stray labels, duplicate ids);
+2. text length and cross-source id checks;
+3. image checks and hashes (path escape, missing, empty, corrupt, truncated, bombs), in parallel;
+4. a seeded, stratified split for rows without an official split;
+5. leakage across splits (exact sha256 and near pHash), per the configured policy.
+The datasheet reconciles ``read = kept + quarantined`` per source and raises if it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from memeops.config import SPLITS, ConsolidateConfig, SourceConfig, SplitFractions
+from memeops.data.images import ImageInfo, ImageRejected, hamming_matrix, inspect_image
+from memeops.data.loaders import get_loader
+from memeops.data.records import Quarantined, RawMeme, SourceError
+from memeops.data.schema import arrow_schema
+from memeops.data.taxonomy import Taxonomy, label_column
+
+ASSIGNABLE_SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SourceCounts:
+    name: str
+    format: str
+    path: str
+    read: int = 0
+    kept: int = 0
+    quarantined: int = 0
+    quarantined_by_field: dict[str, int] = field(default_factory=dict)
+    split_origin: str = "official"
+    stratified_by: str | None = None
+
+
+@dataclass
+class ConsolidationResult:
+    memes: pd.DataFrame
+    quarantine: list[Quarantined]
+    counts: dict[str, SourceCounts]
+    leakage: dict[str, Any]
+
+
+@dataclass
+class _Pending:
+    source: SourceConfig
+    raw: RawMeme
+    image: ImageInfo | None = None
+    split_origin: str = "official"
+    leak_of: str | None = None
+    leak_kind: str | None = None
+
+    @property
+    def meme_id(self) -> str:
+        return f"{self.source.name}:{self.raw.native_id}"
+
+
+def _read_source(source: SourceConfig, taxonomy: Taxonomy, root: Path) -> tuple[list[_Pending], list[Quarantined], int]:
+    path = root / source.path
+    if not path.exists():
+        raise SourceError(f"source {source.name!r} ({source.format}): path {source.path!r} does not exist")
+    loader = get_loader(source)
+    kept: list[_Pending] = []
+    bad: list[Quarantined] = []
+    read = 0
+    for item in loader(source, taxonomy):
+        read += 1
+        if isinstance(item, Quarantined):
+            item.source = source.name
+            bad.append(item)
+        else:
+            kept.append(_Pending(source, item))
+    return kept, bad, read
+
+
+def _check_rows(rows: list[_Pending], cfg: ConsolidateConfig, seen_ids: dict[str, str]) -> tuple[list[_Pending], list[Quarantined]]:
+    """Text-length and id checks that need no image."""
+    ok: list[_Pending] = []
+    bad: list[Quarantined] = []
+    for row in rows:
+        raw = row.raw
+        text = raw.text or ""
+        if len(text) > cfg.max_text_chars:
+            bad.append(_quarantine(row, "text", f"text is {len(text)} characters, over the {cfg.max_text_chars}-character limit", text))
+        elif raw.split is not None and raw.split not in SPLITS:
+            bad.append(_quarantine(row, "split", f"unknown split {raw.split!r} (expected one of {', '.join(SPLITS)})", raw.split))
+        elif row.meme_id in seen_ids:
+            bad.append(_quarantine(row, "id", f"duplicate meme id (first at {seen_ids[row.meme_id]})", raw.native_id))
+        elif not raw.image:
+            bad.append(_quarantine(row, "image", "no image path", None))
+        else:
+            seen_ids[row.meme_id] = raw.location
+            ok.append(row)
+    return ok, bad
+
+
+def _quarantine(row: _Pending, field_name: str, reason: str, value: Any) -> Quarantined:
+    q = Quarantined(row.raw.location, field_name, reason, None if value is None else str(value), row.raw.native_id)
+    q.source = row.source.name
+    return q
+
+
+def _inspect_one(args: tuple[str, str, int, int]) -> ImageInfo | str:
+    root, raw, max_pixels, max_bytes = args
+    try:
+        return inspect_image(Path(root), raw, max_pixels=max_pixels, max_bytes=max_bytes)
+    except ImageRejected as exc:
+        return str(exc)
+
+
+def _check_images(rows: list[_Pending], cfg: ConsolidateConfig, root: Path) -> tuple[list[_Pending], list[Quarantined]]:
+    jobs = [(str(root / r.source.path), r.raw.image or "", cfg.max_image_pixels, cfg.max_image_bytes) for r in rows]
+    if cfg.workers > 1 and len(jobs) > 200:
+        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+            results = list(pool.map(_inspect_one, jobs, chunksize=64))
+    else:
+        results = [_inspect_one(job) for job in jobs]
+    ok: list[_Pending] = []
+    bad: list[Quarantined] = []
+    for row, result in zip(rows, results):
+        if isinstance(result, str):
+            bad.append(_quarantine(row, "image", result, row.raw.image))
+        else:
+            row.image = result
+            ok.append(row)
+    return ok, bad
+
+
+def _stratum(row: _Pending, task: str | None) -> str:
+    if task is None:
+        return ""
+    value = row.raw.labels.get(task)
+    return "" if value is None else json.dumps(value)
+
+
+def _stratify_task(rows: list[_Pending], taxonomy: Taxonomy) -> str | None:
+    """The single-label task with the most labelled rows: the split keeps its class balance."""
+    counts = Counter(
+        task for r in rows for task, v in r.raw.labels.items()
+        if v is not None and task in taxonomy.tasks and not taxonomy.task(task).is_multi
+    )
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def assign_splits(rows: list[_Pending], fractions: SplitFractions, seed: int, taxonomy: Taxonomy, source_name: str) -> str | None:
+    """Give rows without an official split a seeded, stratified one; return the stratifying task.
+
+    Only splits the source does not already have officially are assigned (Memotion's labels.csv
+    goes to train/val when its official test exists), with the fractions renormalised.
+    """
+    todo = [r for r in rows if r.raw.split is None]
+    if not todo:
+        return None
+    official = {r.raw.split for r in rows if r.raw.split is not None}
+    targets = [s for s in ASSIGNABLE_SPLITS if s not in official] or ["train"]
+    weights = np.array([getattr(fractions, s) for s in targets], dtype=float)
+    weights = weights / weights.sum()
+    task = _stratify_task(todo, taxonomy)
+    rng = np.random.default_rng([seed, zlib.crc32(source_name.encode())])
+    by_stratum: dict[str, list[_Pending]] = defaultdict(list)
+    for r in sorted(todo, key=lambda r: r.raw.native_id):
+        by_stratum[_stratum(r, task)].append(r)
+    for key in sorted(by_stratum):
+        members = by_stratum[key]
+        order = rng.permutation(len(members))
+        bounds = np.round(np.cumsum(weights) * len(members)).astype(int)
+        for rank, idx in enumerate(order):
+            split_idx = int(np.searchsorted(bounds, rank, side="right"))
+            members[idx].raw.split = targets[min(split_idx, len(targets) - 1)]
+            members[idx].split_origin = "assigned"
+    return task
+
+
+def find_leaks(rows: list[_Pending], max_distance: int) -> list[tuple[_Pending, _Pending, str]]:
+    """(later, earlier, kind) for every row whose image duplicates one in an earlier split.
+
+    Exact = same sha256; near = pHash Hamming distance <= max_distance. Each later row is reported
+    once, against its first duplicate in the earliest split.
+    """
+    order = {s: i for i, s in enumerate(SPLITS)}
+    rows_sorted = sorted(rows, key=lambda r: (order[r.raw.split], r.meme_id))
+    first_by_sha: dict[str, _Pending] = {}
+    leaks: dict[str, tuple[_Pending, _Pending, str]] = {}
+    for r in rows_sorted:
+        first = first_by_sha.setdefault(r.image.sha256, r)
+        if first is not r and order[first.raw.split] < order[r.raw.split]:
+            leaks[r.meme_id] = (r, first, "exact")
+    if max_distance >= 0 and len(rows_sorted) > 1:
+        phashes = [r.image.phash for r in rows_sorted]
+        splits = np.array([order[r.raw.split] for r in rows_sorted])
+        block = 2048  # bounded memory: block x N uint8 distances at a time
+        for start in range(0, len(rows_sorted), block):
+            dist = hamming_matrix(phashes[start:start + block], phashes)
+            for i_local, i in enumerate(range(start, min(start + block, len(rows_sorted)))):
+                row = rows_sorted[i]
+                if row.meme_id in leaks:
+                    continue
+                earlier = np.nonzero((dist[i_local] <= max_distance) & (splits < splits[i]))[0]
+                if earlier.size:
+                    leaks[row.meme_id] = (row, rows_sorted[int(earlier[0])], "near")
+    return list(leaks.values())
+
+
+def _apply_leak_policy(rows: list[_Pending], cfg: ConsolidateConfig) -> tuple[list[_Pending], list[Quarantined], dict[str, Any]]:
+    leaks = find_leaks(rows, cfg.leakage.phash_max_distance)
+    kinds = Counter(kind for _, _, kind in leaks)
+    pairs = Counter(f"{earlier.raw.split}->{later.raw.split}" for later, earlier, _ in leaks)
+    report = {"policy": cfg.leakage.policy, "phash_max_distance": cfg.leakage.phash_max_distance,
+              "exact": kinds.get("exact", 0), "near": kinds.get("near", 0), "by_split_pair": dict(sorted(pairs.items())),
+              "examples": [{"meme_id": l.meme_id, "duplicate_of": e.meme_id, "kind": k} for l, e, k in leaks[:20]]}
+    if cfg.leakage.policy == "flag":
+        for later, earlier, kind in leaks:
+            later.leak_of, later.leak_kind = earlier.meme_id, kind
+        return rows, [], report
+    dropped = {later.meme_id: (earlier, kind) for later, earlier, kind in leaks}
+    kept = [r for r in rows if r.meme_id not in dropped]
+    bad = [
+        _quarantine(r, "image", f"leakage: {dropped[r.meme_id][1]} duplicate of {dropped[r.meme_id][0].meme_id} "
+                    f"in earlier split {dropped[r.meme_id][0].raw.split!r} (policy drop_later)", r.raw.image)
+        for r in rows if r.meme_id in dropped
+    ]
+    return kept, bad, report
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _to_frame(rows: list[_Pending], taxonomy: Taxonomy) -> pd.DataFrame:
+    schema = arrow_schema(taxonomy)
+    columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+    for r in rows:
+        raw, img = r.raw, r.image
+        base = {
+            "meme_id": r.meme_id, "source": r.source.name, "format": r.source.format, "native_id": raw.native_id,
+            "split": raw.split, "split_origin": r.split_origin,
+            "language": raw.language or r.source.language or "und", "text": raw.text or "",
+            "text_origin": raw.text_origin, "source_root": r.source.path, "image_path": img.rel_path,
+            "image_sha256": img.sha256, "image_phash": img.phash, "width": img.width, "height": img.height,
+            "native_labels": _dumps(raw.native), "label_notes": _dumps(raw.label_notes),
+            "explanations": _dumps(raw.explanations), "extra": _dumps(raw.extra),
+            "leak_of": r.leak_of, "leak_kind": r.leak_kind, "location": raw.location,
+        }
+        for name, value in base.items():
+            columns[name].append(value)
+        for task in taxonomy.tasks.values():
+            value = raw.labels.get(task.name)
+            columns[label_column(task.name)].append(list(value) if task.is_multi and value is not None else value)
+    table = pa.table(columns, schema=schema)
+    return table.to_pandas()
+
+
+def consolidate(cfg: ConsolidateConfig, taxonomy: Taxonomy, root: Path) -> ConsolidationResult:
+    """Run every source through its loader and the shared checks; nothing is lost silently."""
+    counts: dict[str, SourceCounts] = {}
+    quarantine: list[Quarantined] = []
+    rows: list[_Pending] = []
+    seen_ids: dict[str, str] = {}
+    for source in cfg.sources:
+        counts[source.name] = SourceCounts(source.name, source.format, source.path)
+        loaded, bad, read = _read_source(source, taxonomy, root)
+        counts[source.name].read = read
+        quarantine += bad
+        ok, bad = _check_rows(loaded, cfg, seen_ids)
+        quarantine += bad
+        ok, bad = _check_images(ok, cfg, root)
+        quarantine += bad
+        stratified_by = assign_splits(ok, cfg.split, cfg.split_seed, taxonomy, source.name)
+        if any(r.split_origin == "assigned" for r in ok):
+            counts[source.name].split_origin = "assigned" if all(r.split_origin == "assigned" for r in ok) else "mixed"
+            counts[source.name].stratified_by = stratified_by
+        rows += ok
+    rows, bad, leakage = _apply_leak_policy(rows, cfg)
+    quarantine += bad
+    for r in rows:
+        counts[r.source.name].kept += 1
+    for q in quarantine:
+        c = counts[q.source]
+        c.quarantined += 1
+        c.quarantined_by_field[q.field] = c.quarantined_by_field.get(q.field, 0) + 1
+    for c in counts.values():
+        if c.read != c.kept + c.quarantined:
+            raise RuntimeError(f"source {c.name!r}: read {c.read} != kept {c.kept} + quarantined {c.quarantined}")
+    rows.sort(key=lambda r: r.meme_id)
+    return ConsolidationResult(_to_frame(rows, taxonomy), quarantine, counts, leakage)
+
+
+def build_datasheet(result: ConsolidationResult, taxonomy: Taxonomy) -> dict[str, Any]:
+    """Counts per source, split, task and label, languages, leakage and the reconciliation."""
+    df = result.memes
+    tasks: dict[str, Any] = {}
+    for task in taxonomy.tasks.values():
+        col = df[label_column(task.name)]
+        present = col.notna()
+        if not present.any():
+            continue
+        per_split: dict[str, dict[str, int]] = {}
+        for split, part in df[present].groupby("split"):
+            values = part[label_column(task.name)]
+            if task.is_multi:
+                counter = Counter(v for labels in values for v in labels)
+                counter["<none>"] = int(sum(len(labels) == 0 for labels in values))
+            else:
+                counter = Counter(values)
+            per_split[str(split)] = {k: int(v) for k, v in sorted(counter.items())}
+        per_split["missing"] = {"count": int((~present).sum())}
+        tasks[task.name] = per_split
+    within_split_dupes = int(df.duplicated(subset=["split", "image_sha256"]).sum()) if len(df) else 0
+    return {
+        "total": {"read": sum(c.read for c in result.counts.values()), "kept": int(len(df)),
+                  "quarantined": len(result.quarantine)},
+        "sources": {name: asdict(c) for name, c in result.counts.items()},
+        "splits": {str(k): int(v) for k, v in df["split"].value_counts().sort_index().items()},
+        "by_source_split": {f"{s}/{sp}": int(n) for (s, sp), n in df.groupby(["source", "split"]).size().items()},
+        "languages": {str(k): int(v) for k, v in df["language"].value_counts().sort_index().items()},
+        "text": {"empty": int((df["text"] == "").sum()), "origin": {str(k): int(v) for k, v in df["text_origin"].value_counts().items()}},
+        "tasks": tasks,
+        "leakage": result.leakage,
+        "within_split_exact_duplicates": within_split_dupes,
+    }
+
+
+def datasheet_markdown(sheet: dict[str, Any]) -> str:
+    """A readable datasheet: reconciliation first, then splits, languages and label counts."""
+    lines = ["# Datasheet: consolidated memes", "",
+             f"Total read {sheet['total']['read']} = kept {sheet['total']['kept']} + quarantined {sheet['total']['quarantined']}.", "",
+             "## Sources (read = kept + quarantined)", "",
+             "| source | format | read | kept | quarantined | quarantined by field | split |", "|---|---|---|---|---|---|---|"]
+    for name, c in sheet["sources"].items():
+        by_field = ", ".join(f"{k}: {v}" for k, v in sorted(c["quarantined_by_field"].items())) or "-"
+        split = c["split_origin"] + (f" (stratified by {c['stratified_by']})" if c["stratified_by"] else "")
+        lines.append(f"| {name} | {c['format']} | {c['read']} | {c['kept']} | {c['quarantined']} | {by_field} | {split} |")
+    lines += ["", "## Splits", "", "| split | memes |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sheet["splits"].items()]
+    lines += ["", "## Languages", "", "| language | memes |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sheet["languages"].items()]
+    lines += ["", f"Empty texts: {sheet['text']['empty']}.", "", "## Leakage across splits", "",
+              f"Policy `{sheet['leakage']['policy']}`; exact duplicates {sheet['leakage']['exact']}, "
+              f"near duplicates (pHash distance <= {sheet['leakage']['phash_max_distance']}) {sheet['leakage']['near']}; "
+              f"exact duplicates within a split: {sheet['within_split_exact_duplicates']}.", "",
+              "## Labels per task and split", ""]
+    for task, per_split in sheet["tasks"].items():
+        missing = per_split.get("missing", {}).get("count", 0)
+        lines.append(f"**{task}** (missing: {missing})")
+        lines.append("")
+        lines.append("| split | " + " | ".join(["counts"]) + " |")
+        lines.append("|---|---|")
+        for split, counter in per_split.items():
+            if split == "missing":
+                continue
+            lines.append(f"| {split} | " + ", ".join(f"{k}: {v}" for k, v in counter.items()) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: ConsolidationResult, sheet: dict[str, Any], out_dir: Path, reports_dir: Path) -> None:
+    """memes.parquet + quarantine.jsonl under ``out_dir``; datasheet.json / .md under ``reports_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(result.memes, preserve_index=False)
+    pq.write_table(table, out_dir / "memes.parquet")
+    entries = sorted((asdict(q) for q in result.quarantine), key=lambda q: (q["source"], q["location"], q["field"]))
+    with open(out_dir / "quarantine.jsonl", "w", encoding="utf-8") as fh:
+        for entry in entries:
+            fh.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+    (reports_dir / "datasheet.json").write_text(json.dumps(sheet, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    (reports_dir / "datasheet.md").write_text(datasheet_markdown(sheet), encoding="utf-8")
+
+
+def read_memes(path: Path) -> pd.DataFrame:
+    """Read the consolidated table (the one place later stages load it)."""
+    return pq.read_table(path).to_pandas()

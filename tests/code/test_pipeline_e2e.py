@@ -1,0 +1,82 @@
+"""End to end: ``dvc repro`` at a tiny size in a temp copy of the project, under the socket guard.
+
+Checks the pipeline runs, the datasheet reconciles, a second ``dvc repro`` is a no-op, ``dvc status``
+is clean, no non-loopback connection was attempted, and nothing was written to ``$HOME``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+TINY_PARAMS = {
+    "synth": {"n_memes": 150, "image_size": 128, "workers": 1},
+    "data": {"workers": 1},
+    "validate": {"min_class_count": 1},
+}
+
+
+def _deep_update(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        base[key] = _deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def project_copy(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+    dest = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "stages", "src"):
+        src = repo_root / name
+        (shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+         if src.is_dir() else shutil.copy2(src, dest / name))
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(_deep_update(params, TINY_PARAMS), sort_keys=False))
+    return dest
+
+
+def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    env = subprocess_env
+    init = _run(["dvc", "init", "--no-scm", "-q"], project_copy, env)
+    assert init.returncode == 0, init.stderr
+
+    first = _run(["dvc", "repro"], project_copy, env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    sheet = json.loads((project_copy / "reports" / "datasheet.json").read_text())
+    for name, counts in sheet["sources"].items():
+        assert counts["read"] == counts["kept"] + counts["quarantined"], name
+    assert sheet["total"]["kept"] > 0
+    assert set(sheet["splits"]) == {"train", "val", "test", "test_unseen"}
+    validation = json.loads((project_copy / "reports" / "validation.json").read_text())
+    assert validation["success"] is True
+
+    second = _run(["dvc", "repro"], project_copy, env)
+    assert second.returncode == 0, second.stderr
+    assert "Running stage" not in second.stdout, second.stdout
+    status = _run(["dvc", "status"], project_copy, env)
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+
+    log = Path(env["MEMEOPS_NETGUARD_LOG"])
+    assert not log.exists() or log.read_text() == "", f"non-loopback network use: {log.read_text()}"
+    written = [p for p in Path(env["HOME"]).rglob("*")]
+    assert written == [], f"files written under HOME: {written[:10]}"
+
+
+def test_netguard_blocks_outside_connections(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """The guard itself must fail closed, or the end-to-end test above proves nothing."""
+    code = "import socket; socket.create_connection(('198.51.100.7', 80), timeout=1)"
+    result = _run(["python", "-c", code], tmp_path, subprocess_env)
+    assert result.returncode != 0
+    assert "netguard" in result.stderr
+    assert "198.51.100.7" in Path(subprocess_env["MEMEOPS_NETGUARD_LOG"]).read_text()
