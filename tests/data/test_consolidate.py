@@ -132,12 +132,12 @@ def test_outputs_and_datasheet_reconcile(bad_source: Path, tmp_path: Path) -> No
 
 def test_flag_policy_keeps_and_flags_leaks(tmp_path: Path) -> None:
     root = tmp_path / "hm"
-    _png(root / "img" / "00001.png", seed=1, size=64)
+    _png(root / "img" / "00001.png", seed=1, size=128)
     near = Image.open(root / "img" / "00001.png").convert("RGB")
     buf = io.BytesIO()
-    near.save(buf, format="JPEG", quality=70)  # re-encoded: different bytes, same picture
+    near.save(buf, format="JPEG", quality=80)  # re-encoded: different bytes, same picture
     (root / "img" / "00002.jpg").write_bytes(buf.getvalue())
-    _png(root / "img" / "00003.png", seed=3, size=64)
+    _png(root / "img" / "00003.png", seed=3, size=128)
     _write_jsonl(root / "train.jsonl", [{"id": 1, "img": "img/00001.png", "label": 0, "text": "a"},
                                         {"id": 3, "img": "img/00003.png", "label": 1, "text": "c"}])
     _write_jsonl(root / "test_seen.jsonl", [{"id": 2, "img": "img/00002.jpg", "label": 0, "text": "b"}])
@@ -193,3 +193,16 @@ def test_stage_reports_bad_source_in_one_line(tmp_path: Path, repo_root: Path, s
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "'x'" in lines[0], proc.stderr
+
+
+def test_split_groups_stay_together() -> None:
+    source = SourceConfig(name="m3", format="multi3hate", path=".")
+    rows = [_Pending(source, RawMeme(f"{lang}/{i}", f"f:{i}", "", "x", extra={"split_group": str(i)},
+                                     labels={"hateful": "yes" if i % 2 else "no"}))
+            for i in range(60) for lang in ("en", "de", "zh")]
+    assign_splits(rows, SplitFractions(), 3, TAX, "m3")
+    by_group: dict[str, set] = {}
+    for r in rows:
+        by_group.setdefault(r.raw.extra["split_group"], set()).add(r.raw.split)
+    assert all(len(splits) == 1 for splits in by_group.values())
+    assert {s for splits in by_group.values() for s in splits} == {"train", "val", "test"}

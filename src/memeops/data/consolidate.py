@@ -77,7 +77,9 @@ def _read_source(source: SourceConfig, taxonomy: Taxonomy, root: Path) -> tuple[
     kept: list[_Pending] = []
     bad: list[Quarantined] = []
     read = 0
-    for item in loader(source, taxonomy):
+    # Loaders get the source with its path resolved against the project root; the table keeps
+    # the path as written in params (portable across machines).
+    for item in loader(source.model_copy(update={"path": str(path)}), taxonomy):
         read += 1
         if isinstance(item, Quarantined):
             item.source = source.name
@@ -171,17 +173,23 @@ def assign_splits(rows: list[_Pending], fractions: SplitFractions, seed: int, ta
     weights = weights / weights.sum()
     task = _stratify_task(todo, taxonomy)
     rng = np.random.default_rng([seed, zlib.crc32(source_name.encode())])
-    by_stratum: dict[str, list[_Pending]] = defaultdict(list)
+    # Rows sharing extra["split_group"] (e.g. Multi3Hate's language versions of one meme) move
+    # together, so the same picture never sits in two splits.
+    groups: dict[str, list[_Pending]] = defaultdict(list)
     for r in sorted(todo, key=lambda r: r.raw.native_id):
-        by_stratum[_stratum(r, task)].append(r)
+        groups[str(r.raw.extra.get("split_group") or r.raw.native_id)].append(r)
+    by_stratum: dict[str, list[list[_Pending]]] = defaultdict(list)
+    for key in sorted(groups):
+        by_stratum[_stratum(groups[key][0], task)].append(groups[key])
     for key in sorted(by_stratum):
         members = by_stratum[key]
         order = rng.permutation(len(members))
         bounds = np.round(np.cumsum(weights) * len(members)).astype(int)
         for rank, idx in enumerate(order):
-            split_idx = int(np.searchsorted(bounds, rank, side="right"))
-            members[idx].raw.split = targets[min(split_idx, len(targets) - 1)]
-            members[idx].split_origin = "assigned"
+            split = targets[min(int(np.searchsorted(bounds, rank, side="right")), len(targets) - 1)]
+            for row in members[idx]:
+                row.raw.split = split
+                row.split_origin = "assigned"
     return task
 
 

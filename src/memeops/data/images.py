@@ -70,7 +70,11 @@ def inspect_image(root: Path, raw: str, *, max_pixels: int, max_bytes: int) -> I
     data = path.read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with warnings.catch_warnings():
+            # The explicit pixel limit below is the check; Pillow's own warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            probe = Image.open(io.BytesIO(data))
+        with probe:
             width, height = probe.size  # header only: checked before any pixel is decoded
             if width * height > max_pixels:
                 raise ImageRejected(

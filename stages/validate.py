@@ -1,0 +1,39 @@
+"""Stage ``validate``: check ``{data.output_dir}/memes.parquet`` with the Great Expectations suite.
+
+Run from the project root as ``python -m stages.validate``. Writes ``reports/validation.json`` and
+``reports/validation.md``. Exit status: 0 passed, 1 a blocking expectation failed (the reason on
+stderr, one line), 2 unusable params or missing input.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from memeops.config import load_params
+from memeops.data.consolidate import read_memes
+from memeops.data.taxonomy import load_taxonomy
+from memeops.data.validate import failure_message, validate_memes
+from stages import run_stage
+
+REPORT_DIR = Path("reports")
+
+
+def main() -> int:
+    params = load_params()
+    source = Path(params.data.output_dir) / "memes.parquet"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: consolidated table not found (run stage consolidate first)")
+    report = validate_memes(read_memes(source), params.validate_, params.data.leakage.policy, load_taxonomy())
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    (REPORT_DIR / "validation.json").write_text(report.to_json() + "\n", encoding="utf-8")
+    (REPORT_DIR / "validation.md").write_text(report.to_markdown(), encoding="utf-8")
+    if not report.success:
+        print(failure_message(report), file=sys.stderr)
+        return 1
+    print(f"{report.headline()} ({source}; report in {REPORT_DIR / 'validation.md'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage("validate", main))
