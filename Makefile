@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Offline switches and in-project tool state, from the one place that defines them.
-RUNTIME_ENV = eval "$$($(BIN)/python -m memeops.runtime)" && export PATH="$(BIN):$$PATH"
+RUNTIME_ENV = eval "$$($(BIN)/memeops env)" && export PATH="$(BIN):$$PATH"
 
 .PHONY: install repro test test-fast ui lock clean help
 

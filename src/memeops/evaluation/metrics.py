@@ -1,0 +1,163 @@
+"""Per-task classification metrics over labelled rows, their flattened summary and bootstrap CIs.
+
+Inputs are what :func:`memeops.training.predict` returns: probabilities per task (``[N, L]``) and
+targets encoded as in :mod:`memeops.models.base` (single-label: int ``[N]`` with
+:data:`IGNORE_INDEX` for missing; multi-label: ``[N, L]`` 0/1 with all-:data:`MISSING_MULTI` rows
+for missing). Missing rows are dropped before any metric, so one evaluation set may mix sources
+that annotate different tasks.
+
+Conventions (so numbers are comparable across runs and papers):
+- single-label predictions are the arg-max class; macro/weighted averages are sklearn's, over the
+  classes present in targets or predictions; undefined precision/recall/F1 count as 0;
+- binary AUROC uses the probability of label index 1 as the score, and is NaN (not an error) when
+  only one class is present;
+- multi-label predictions are ``prob >= 0.5`` per label; subset accuracy is exact-match;
+- a task with no labelled rows yields NaN metrics and ``n = 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from memeops.models.base import IGNORE_INDEX, MISSING_MULTI, TaskSpec
+
+MULTI_THRESHOLD = 0.5
+SINGLE_METRICS = ("accuracy", "macro_f1", "weighted_f1", "weighted_precision", "weighted_recall")
+MULTI_METRICS = ("micro_f1", "macro_f1", "weighted_f1", "subset_accuracy")
+
+
+@dataclass
+class Predictions:
+    """Model outputs over a dataset, in dataset order.
+
+    ``probs[task]``: float ``[N, L]``; ``targets[task]``: as encoded in the batches (absent when the
+    dataset carries no targets for the task); ``meme_ids``: when batches carry ``meme_id``;
+    ``extras[name]``: ``ModelOutput.extras`` concatenated over batches (e.g. ``gate`` ``[N]``).
+    """
+
+    probs: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+    meme_ids: list[str] | None = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.probs.values()))) if self.probs else 0
+
+
+def labelled_mask(targets: np.ndarray, spec: TaskSpec) -> np.ndarray:
+    """Bool ``[N]``: rows that carry a label (mirrors :func:`memeops.models.base.target_mask`)."""
+    targets = np.asarray(targets)
+    if spec.kind == "single":
+        return targets != IGNORE_INDEX
+    return (targets != MISSING_MULTI).any(axis=-1)
+
+
+def labelled(probs: np.ndarray, targets: np.ndarray, spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Only the labelled rows of ``probs`` and ``targets`` (e.g. before :func:`bootstrap_ci`)."""
+    mask = labelled_mask(targets, spec)
+    return np.asarray(probs)[mask], np.asarray(targets)[mask]
+
+
+def _nan_metrics(spec: TaskSpec) -> dict[str, float]:
+    names = MULTI_METRICS if spec.kind == "multi" else SINGLE_METRICS + (("auroc",) if spec.is_binary else ())
+    return {**{name: math.nan for name in names}, "n": 0.0}
+
+
+def binary_auroc(scores: np.ndarray, y: np.ndarray) -> float:
+    """AUROC of ``scores`` for ``y == 1``; NaN when ``y`` has a single class (AUROC is undefined)."""
+    if len(np.unique(y)) < 2:
+        return math.nan
+    return float(roc_auc_score(y, scores))
+
+
+def _single_metrics(probs: np.ndarray, y: np.ndarray, spec: TaskSpec) -> dict[str, float]:
+    pred = probs.argmax(axis=1)
+    out = {
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y, pred, average="weighted", zero_division=0)),
+        "weighted_precision": float(precision_score(y, pred, average="weighted", zero_division=0)),
+        "weighted_recall": float(recall_score(y, pred, average="weighted", zero_division=0)),
+    }
+    if spec.is_binary:
+        out["auroc"] = binary_auroc(probs[:, 1], y)
+    return out
+
+
+def _multi_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    pred = (probs >= MULTI_THRESHOLD).astype(int)
+    y = y.astype(int)
+    return {
+        "micro_f1": float(f1_score(y, pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y, pred, average="weighted", zero_division=0)),
+        "subset_accuracy": float(accuracy_score(y, pred)),
+    }
+
+
+def task_metrics(probs: np.ndarray, targets: np.ndarray, spec: TaskSpec) -> dict[str, float]:
+    """Metrics of one task over its labelled rows (see module docstring for the conventions)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets)
+    if probs.ndim != 2 or probs.shape[1] != spec.num_labels or len(probs) != len(targets):
+        raise ValueError(f"{spec.name}: probs {probs.shape} do not match targets {targets.shape} / spec")
+    p, y = labelled(probs, targets, spec)
+    if len(y) == 0:
+        return _nan_metrics(spec)
+    out = _single_metrics(p, y.astype(np.int64), spec) if spec.kind == "single" else _multi_metrics(p, y)
+    out["n"] = float(len(y))
+    return out
+
+
+def all_metrics(predictions: Predictions, specs: list[TaskSpec]) -> dict[str, float]:
+    """``{"task/metric": value}`` for every task with targets, plus ``"mean/macro_f1"``.
+
+    ``mean/macro_f1`` averages macro-F1 over tasks that have labelled rows (NaN when none do): the
+    default model-selection score when no single task dominates.
+    """
+    out: dict[str, float] = {}
+    macro: list[float] = []
+    for spec in specs:
+        if spec.name not in predictions.targets or spec.name not in predictions.probs:
+            continue
+        metrics = task_metrics(predictions.probs[spec.name], predictions.targets[spec.name], spec)
+        out.update({f"{spec.name}/{name}": value for name, value in metrics.items()})
+        if metrics["n"] > 0:
+            macro.append(metrics["macro_f1"])
+    out["mean/macro_f1"] = float(np.mean(macro)) if macro else math.nan
+    return out
+
+
+def bootstrap_ci(
+    metric_fn: Callable[[np.ndarray, np.ndarray], float],
+    probs: np.ndarray,
+    targets: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval (95% by default) of ``metric_fn(probs, targets)``.
+
+    Rows are resampled with replacement, so pass labelled rows only (:func:`labelled`) or the
+    effective sample size is wrong. Resamples where the metric is NaN (e.g. AUROC of a one-class
+    resample) are skipped; all-NaN gives ``(nan, nan)``. Seeded, so reports are reproducible.
+    """
+    probs, targets = np.asarray(probs), np.asarray(targets)
+    n = len(targets)
+    if n == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_boot, dtype=np.float64)
+    for i in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        values[i] = metric_fn(probs[idx], targets[idx])
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return math.nan, math.nan
+    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
