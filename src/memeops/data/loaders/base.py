@@ -174,6 +174,16 @@ class SeenIds:
         self._first[native_id] = location
         return None
 
+    def claim(self, row: "CsvRow", column: str, prefix: str = "") -> "str | Quarantined":
+        """The row's id from ``column`` (``prefix`` + stripped name), or the Quarantined entry for a
+        blank name or a repeated id. Image-named CSV formats share this first step."""
+        name = row.get(column)
+        if is_blank(name):
+            return missing_field(row.location, "image", None, f"{column} is empty")
+        native_id = f"{prefix}{name.strip()}"
+        dup = self.check(native_id, row.location, column)
+        return dup if dup is not None else native_id
+
     def __contains__(self, native_id: object) -> bool:
         return native_id in self._first
 

@@ -27,7 +27,6 @@ from memeops.data.loaders.base import (
     CsvRow,
     RowLabels,
     SeenIds,
-    is_blank,
     join_image,
     meme,
     missing_field,
@@ -76,12 +75,9 @@ def _meme(
     row: CsvRow, truth: CsvRow | None, note: str | None, image_dir: str, language: str, taxonomy: Taxonomy, seen: SeenIds,
     split: str | None = None,
 ) -> LoaderItem:
-    name = row.get("file_name")
-    if is_blank(name):
-        return missing_field(row.location, "image", None, "file_name is empty")
-    native_id = name.strip()
-    if (dup := seen.check(native_id, row.location, "file_name")) is not None:
-        return dup
+    native_id = seen.claim(row, "file_name")
+    if isinstance(native_id, Quarantined):
+        return native_id
     if truth is not None:
         rl = _labels(truth, taxonomy)
         if (bad := rl.quarantined(row.location, native_id)) is not None:
@@ -98,7 +94,7 @@ def _meme(
         native_id=native_id,
         location=row.location,
         text=row.get(TEXT),
-        image=join_image(image_dir, name) or "",
+        image=join_image(image_dir, native_id) or "",
         labels=rl,
         native=native,
         split=split,

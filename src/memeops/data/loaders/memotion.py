@@ -84,12 +84,9 @@ def _text(row: CsvRow, corrected: str, ocr: str) -> tuple[str, str]:
 
 
 def _train_row(row: CsvRow, image_dir: str, language: str, taxonomy: Taxonomy, seen: SeenIds) -> LoaderItem:
-    name = row.get("image_name")
-    if is_blank(name):
-        return missing_field(row.location, "image", None, "image_name is empty")
-    native_id = name.strip()
-    if (dup := seen.check(native_id, row.location, "image_name")) is not None:
-        return dup
+    native_id = seen.claim(row, "image_name")
+    if isinstance(native_id, Quarantined):
+        return native_id
     rl = RowLabels(taxonomy, FORMAT)
     for rule_id, column in RULES:
         rl.map(rule_id, row.get(column))
@@ -101,7 +98,7 @@ def _train_row(row: CsvRow, image_dir: str, language: str, taxonomy: Taxonomy, s
         location=row.location,
         text=text,
         text_origin=origin,
-        image=join_image(image_dir, name) or "",
+        image=join_image(image_dir, native_id) or "",
         labels=rl,
         native={f: row.get(f) for f in LABEL_FIELDS},
         split=None,  # labels.csv has no official train/val division
@@ -147,13 +144,9 @@ def _test(
 
     used: set[str] = set()
     for row in tests.rows:
-        name = row.get("image_name")
-        if is_blank(name):
-            yield missing_field(row.location, "image", None, "Image_name is empty")
-            continue
-        native_id = name.strip()
-        if (dup := seen.check(native_id, row.location, "image_name")) is not None:
-            yield dup
+        native_id = seen.claim(row, "image_name")
+        if isinstance(native_id, Quarantined):
+            yield native_id
             continue
         gt = truth.get(native_id)
         if gt is not None:

@@ -17,10 +17,8 @@ from memeops.config import SourceConfig
 from memeops.data.loaders.base import (
     RowLabels,
     SeenIds,
-    is_blank,
     join_image,
     meme,
-    missing_field,
     option,
     read_table,
     require_file,
@@ -48,13 +46,9 @@ def load(source: SourceConfig, taxonomy: Taxonomy) -> Iterator[LoaderItem]:
     table = read_table(source, root, path, required=("name", *LABEL_FIELDS, "split", "text"))
     seen = SeenIds()
     for row in table.rows:
-        name = row.get("name")
-        if is_blank(name):
-            yield missing_field(row.location, "image", None, "name is empty")
-            continue
-        native_id = name.strip()
-        if (dup := seen.check(native_id, row.location, "name")) is not None:
-            yield dup
+        native_id = seen.claim(row, "name")
+        if isinstance(native_id, Quarantined):
+            yield native_id
             continue
         split = row.get("split").strip()
         if split not in SPLITS:
@@ -75,7 +69,7 @@ def load(source: SourceConfig, taxonomy: Taxonomy) -> Iterator[LoaderItem]:
             location=row.location,
             text=row.get("text"),
             none_literal=True,
-            image=join_image(image_dir, name) or "",
+            image=join_image(image_dir, native_id) or "",
             labels=rl,
             native={f: row.get(f) for f in LABEL_FIELDS},
             split=split,
