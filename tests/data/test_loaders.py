@@ -25,6 +25,7 @@ from memeops.data.records import Quarantined, RawMeme, SourceError
 from memeops.data.taxonomy import load_taxonomy
 
 TAX = load_taxonomy()
+_CONSOLIDATED_FORMATS: set[str] = set()  # formats whose fixtures went through consolidate()
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -47,7 +48,42 @@ def load(src: SourceConfig) -> tuple[dict[str, RawMeme], list[Quarantined], int]
             assert TAX.is_valid(task, value), (m.native_id, task, value)
         assert isinstance(m.text, str) and m.image
         json.dumps(m.native), json.dumps(m.extra)  # JSON-serialisable
+    _consolidate_fixture(src, by_id, len(items))
     return by_id, bad, len(items)
+
+
+def _consolidate_fixture(src: SourceConfig, kept: dict[str, RawMeme], read: int) -> None:
+    """Run the same fixture through the whole consolidation path (images included).
+
+    Missing images of kept rows are drawn first (distinct ones, so leakage checks stay quiet),
+    then consolidate() must reconcile ``read = kept + quarantined`` and carry every mapped label
+    into the table unchanged.
+    """
+    import numpy as np
+
+    from memeops.config import ConsolidateConfig
+    from memeops.data.consolidate import consolidate
+    from memeops.data.taxonomy import label_column
+
+    root = Path(src.path)
+    for i, meme in enumerate(sorted(kept.values(), key=lambda m: m.native_id)):
+        path = root / meme.image
+        if not path.exists() and ".." not in Path(meme.image).parts and not Path(meme.image).is_absolute():
+            rng = np.random.default_rng(i + 1)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).resize((32, 32)).save(path, format="PNG")
+    _CONSOLIDATED_FORMATS.add(src.format)
+    cfg = ConsolidateConfig(sources=[src.model_copy(update={"path": root.name})], workers=1)
+    result = consolidate(cfg, TAX, root.parent)
+    counts = result.counts[src.name]
+    assert counts.read == read and counts.read == counts.kept + counts.quarantined
+    table = result.memes.set_index("native_id")
+    for native_id, row in table.iterrows():
+        for task, value in kept[native_id].labels.items():
+            got = row[label_column(task)]
+            got = None if got is None or (not isinstance(got, (list, np.ndarray)) and got != got) else got
+            expected = value
+            assert (list(got) if isinstance(got, np.ndarray) else got) == expected, (src.format, native_id, task)
 
 
 def bad_for(bad: list[Quarantined], native_id: str | None = None, location: str | None = None) -> Quarantined:
@@ -741,3 +777,9 @@ def test_undecodable_csv_is_source_error(tmp_path: Path) -> None:
     (tmp_path / "PrideMM.csv").write_bytes((tmp_path / "PrideMM.csv").read_bytes() + "é\r\n".encode("utf-8"))
     with pytest.raises(SourceError, match="encoding"):
         load(src)
+
+
+def test_zz_every_format_was_consolidated() -> None:
+    """Runs last in file order (pytest keeps it): each of the ten formats' fixtures went through
+    consolidate() in the tests above."""
+    assert _CONSOLIDATED_FORMATS == set(FORMAT_NAMES)
