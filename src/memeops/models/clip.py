@@ -1,0 +1,424 @@
+"""Frozen CLIP encoders for the feature cache: config, offline-only weight resolution, a small wrapper.
+
+No CLIP weights can be downloaded here, so there are three ways to get an encoder:
+
+* ``weights``: a local ``.safetensors`` / ``.pt`` / ``.bin`` state dict, e.g. the ``memeops-tiny``
+  model written by the ``pretrain_clip`` stage (``training/clip_pretrain.py``) or a real CLIP
+  checkpoint saved from open_clip;
+* ``pretrained``: an open_clip pretrained tag ("openai", "laion2b_s34b_b79k", ...), used **only if its
+  file is already in a local cache**. We look the file up ourselves and fail in milliseconds
+  otherwise; letting open_clip try would spend ~45 s in hub retries before failing;
+* neither: random init, only when the caller passes ``allow_random=True`` (tests, smoke runs),
+  because random features silently make every downstream number meaningless.
+
+``memeops-tiny`` is built directly as ``open_clip.CLIP(embed_dim, vision_cfg, text_cfg)`` (no
+global ``add_model_config`` registration, so nothing leaks into other users of open_clip). Its text
+tower keeps open_clip's default ``pool_type="argmax"``: the corpus tokenizer gives ``<eot>`` the
+highest id, so argmax finds the end of text (see ``text_tokenizer.py``).
+
+``ClipEncoder.spec_key`` names the feature-cache folder: a hash of everything that changes the
+embeddings (config minus file paths, plus sha256 of the weights and tokenizer files), so swapping
+a checkpoint in place can never serve stale features, and moving a file never invalidates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, model_validator
+from torch import Tensor, nn
+
+from memeops.models.text_tokenizer import CorpusTokenizer
+
+TINY_ARCH = "memeops-tiny"
+OPEN_CLIP_VOCAB = 49408  # open_clip's SimpleTokenizer
+WEIGHTS_HINT = "run the pretrain_clip stage or set encoders.clip.weights to a local file"
+PATH_FIELDS = frozenset({"weights", "tokenizer_path", "cache_dir"})  # not hashed: content is
+
+
+class ClipEncoderConfig(BaseModel):
+    """Which CLIP to use and where its weights come from; the tiny arch's sizes.
+
+    The size fields only shape ``memeops-tiny``; for an open_clip arch its own config rules, except
+    that a ``corpus`` tokenizer resizes the text tower's vocabulary and ``context_length``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: str = TINY_ARCH
+    pretrained: str | None = None  # open_clip tag, local cache only
+    weights: str | None = None  # local state-dict file
+    tokenizer: Literal["corpus", "open_clip"] = "corpus"
+    tokenizer_path: str | None = None  # corpus tokenizer.json; default: next to ``weights``
+    cache_dir: str | None = None  # extra place to look for pretrained-tag files
+    init_seed: int = 0  # random init only (allow_random)
+
+    embed_dim: int = 256
+    image_size: int = 128
+    patch_size: int = 16
+    vision_width: int = 192
+    vision_layers: int = 4
+    vision_heads: int = 3
+    text_width: int = 192
+    text_layers: int = 4
+    text_heads: int = 3
+    context_length: int = 48
+    vocab_size: int | None = None  # None: taken from the tokenizer
+
+    @model_validator(mode="after")
+    def _check(self) -> ClipEncoderConfig:
+        if self.pretrained and self.weights:
+            raise ValueError("set either pretrained (an open_clip tag) or weights (a local file), not both")
+        if self.pretrained and self.arch == TINY_ARCH:
+            raise ValueError(f"{TINY_ARCH} has no open_clip pretrained tags; use weights=<local file>")
+        if self.pretrained and self.tokenizer == "corpus":
+            raise ValueError("pretrained open_clip tags come with open_clip's tokenizer: set tokenizer='open_clip'")
+        if self.vision_width % self.vision_heads or self.text_width % self.text_heads:
+            raise ValueError("vision_width / text_width must be divisible by their head counts")
+        return self
+
+
+# --- tokenizers ------------------------------------------------------------------------------------
+
+
+Tokenize = Callable[[Sequence[str]], Tensor]  # texts -> LongTensor[B, context_length]
+
+
+def _corpus_tokenizer_path(cfg: ClipEncoderConfig) -> Path:
+    if cfg.tokenizer_path:
+        return Path(cfg.tokenizer_path)
+    if cfg.weights:
+        return Path(cfg.weights).parent / "tokenizer.json"
+    raise ValueError("tokenizer='corpus' needs tokenizer_path (the pretrain_clip stage writes tokenizer.json)")
+
+
+def load_tokenizer(cfg: ClipEncoderConfig) -> tuple[Tokenize, int, str]:
+    """(tokenize, vocab size, identity for the spec key) for the configured tokenizer."""
+    if cfg.tokenizer == "corpus":
+        path = _corpus_tokenizer_path(cfg)
+        tok = CorpusTokenizer.load(path, cfg.context_length)
+        return (lambda texts: tok(list(texts), cfg.context_length)), tok.vocab_size, file_sha256(path)
+    if cfg.arch == TINY_ARCH:
+        simple = open_clip.SimpleTokenizer(context_length=cfg.context_length)
+        return (lambda texts: simple(list(texts))), OPEN_CLIP_VOCAB, "open_clip:simple"
+    oc_tok = open_clip.get_tokenizer(cfg.arch)
+    vocab = int(_open_clip_model_cfg(cfg.arch)["text_cfg"].get("vocab_size", OPEN_CLIP_VOCAB))
+    return (lambda texts: oc_tok(list(texts))), vocab, f"open_clip:{cfg.arch}"
+
+
+# --- model building --------------------------------------------------------------------------------
+
+
+def _open_clip_model_cfg(arch: str) -> dict[str, Any]:
+    model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        raise ValueError(f"unknown CLIP arch {arch!r}: use {TINY_ARCH!r} or a name from open_clip.list_models()")
+    return model_cfg
+
+
+def tiny_model_cfg(cfg: ClipEncoderConfig, vocab_size: int) -> dict[str, Any]:
+    """open_clip ``CLIP(**kwargs)`` arguments for ``memeops-tiny``."""
+    return {
+        "embed_dim": cfg.embed_dim,
+        "vision_cfg": {
+            "image_size": cfg.image_size,
+            "patch_size": cfg.patch_size,
+            "width": cfg.vision_width,
+            "layers": cfg.vision_layers,
+            "head_width": cfg.vision_width // cfg.vision_heads,
+        },
+        "text_cfg": {
+            "context_length": cfg.context_length,
+            "vocab_size": vocab_size,
+            "width": cfg.text_width,
+            "heads": cfg.text_heads,
+            "layers": cfg.text_layers,
+            "pad_id": 0,
+            "pool_type": "argmax",  # <eot> has the highest id in both tokenizers
+        },
+    }
+
+
+def build_clip_model(cfg: ClipEncoderConfig, vocab_size: int) -> nn.Module:
+    """An untrained open_clip model for ``cfg`` (seeded by ``cfg.init_seed``), in train mode."""
+    if cfg.vocab_size is not None and cfg.vocab_size != vocab_size:
+        raise ValueError(f"config vocab_size {cfg.vocab_size} != tokenizer vocab size {vocab_size}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        if cfg.arch == TINY_ARCH:
+            return open_clip.CLIP(**tiny_model_cfg(cfg, vocab_size))
+        overrides: dict[str, Any] = {}
+        model_cfg = _open_clip_model_cfg(cfg.arch)
+        if cfg.tokenizer == "corpus":
+            text_cfg = dict(model_cfg["text_cfg"])
+            if "hf_model_name" in text_cfg:
+                raise ValueError(f"{cfg.arch} has a Hugging Face text tower: use tokenizer='open_clip'")
+            text_cfg.update(vocab_size=vocab_size, context_length=cfg.context_length)
+            overrides["text_cfg"] = text_cfg
+        return open_clip.create_model(cfg.arch, pretrained=None, **overrides)
+
+
+@contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """open_clip warns "Model initialized randomly" on every build; misleading when weights follow."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
+    """Accept a bare state dict or the usual wrappers ({"state_dict": ...}, {"model": ...}, "module.")."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ValueError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Tensors from a local weights file; safetensors or a torch pickle (weights_only, no code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP weights file {path} not found: {WEIGHTS_HINT}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return _unwrap_state_dict(load_file(str(path), device="cpu"))
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    raise ValueError(f"CLIP weights {path}: unsupported suffix {path.suffix!r} (.safetensors, .pt or .bin)")
+
+
+def load_weights_into(model: nn.Module, path: str | Path) -> None:
+    """Strict load; a mismatch is reported in one line (counts and a few names), not a wall of keys."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shape:
+        raise ValueError(
+            f"CLIP weights {path} do not fit the configured model: {len(missing)} missing {missing[:3]}, "
+            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(shape)} shape mismatches {shape[:3]} "
+            "(check arch / tiny sizes / tokenizer against the checkpoint's clip_config.json)"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+# --- pretrained tags from the local cache only -----------------------------------------------------
+
+
+def _hf_names(filename: str) -> list[str]:
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if not filename:
+        return [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    if filename.endswith((".bin", ".pth")):
+        return [filename[:-4] + ".safetensors", filename]
+    return [filename]
+
+
+def _lookup_dirs(cfg_dir: str | None) -> list[str]:
+    dirs = [cfg_dir, os.environ.get("OPEN_CLIP_CACHE_DIR")]
+    return [d for d in dirs if d]
+
+
+def resolve_pretrained_file(arch: str, tag: str, cache_dir: str | None = None) -> Path:
+    """The cached file for an open_clip (arch, tag), looked up without any network access.
+
+    Checks, in order: the Hugging Face hub cache (``cache_dir``, ``$OPEN_CLIP_CACHE_DIR``, then the
+    default ``$HF_HUB_CACHE``) and open_clip's URL cache (``cache_dir``, ``$OPEN_CLIP_CACHE_DIR``,
+    ``~/.cache/clip``). Raises a one-line FileNotFoundError otherwise.
+    """
+    pcfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not pcfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise ValueError(f"open_clip has no pretrained tag {tag!r} for {arch!r} (known: {known})")
+    looked: list[str] = []
+    if pcfg.get("hf_hub"):
+        repo, filename = os.path.split(pcfg["hf_hub"])
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - huggingface_hub ships with open_clip's extras
+            try_to_load_from_cache = None
+        for d in [*_lookup_dirs(cache_dir), None] if try_to_load_from_cache else []:
+            for name in _hf_names(filename):
+                hit = try_to_load_from_cache(repo, name, cache_dir=d)
+                if isinstance(hit, str) and os.path.isfile(hit):
+                    return Path(hit)
+            looked.append(f"hf:{repo} in {d or 'HF_HUB_CACHE'}")
+    if pcfg.get("url"):
+        name = os.path.basename(pcfg["url"])
+        for d in [*_lookup_dirs(cache_dir), os.path.expanduser("~/.cache/clip")]:
+            if (Path(d) / name).is_file():
+                return Path(d) / name
+            looked.append(str(Path(d) / name))
+    raise FileNotFoundError(
+        f"open_clip weights {arch}/{tag} are not in the local cache (looked at: {'; '.join(looked)}); "
+        f"downloads are off: {WEIGHTS_HINT}"
+    )
+
+
+def _load_pretrained_tag(cfg: ClipEncoderConfig) -> tuple[nn.Module, Path]:
+    path = resolve_pretrained_file(cfg.arch, cfg.pretrained or "", cfg.cache_dir)
+    pcfg = open_clip.get_pretrained_cfg(cfg.arch, cfg.pretrained or "")
+    preprocess = {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pcfg}
+    model = open_clip.create_model(
+        cfg.arch, pretrained=str(path), force_quick_gelu=bool(pcfg.get("quick_gelu", False)),
+        force_preprocess_cfg=preprocess,
+    )  # fmt: skip
+    return model, path
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (0: unchanged), then restore the previous count."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+
+# --- the encoder wrapper ---------------------------------------------------------------------------
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def make_spec_key(cfg: ClipEncoderConfig, identity: dict[str, Any]) -> str:
+    """``<arch>-<16 hex>``: hash of the config (paths excluded) and the content identities."""
+    payload = {"config": cfg.model_dump(exclude=set(PATH_FIELDS)), **identity}
+    if identity.get("init") != "random":
+        payload["config"].pop("init_seed")
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', cfg.arch)}-{digest}"
+
+
+def eval_transform(model: nn.Module, image_size: int) -> Callable[[Image.Image], Tensor]:
+    """open_clip's val transform for ``model`` (its preprocess_cfg, else CLIP defaults at ``image_size``)."""
+    pp = dict(getattr(model.visual, "preprocess_cfg", None) or {})
+    return open_clip.image_transform(
+        pp.get("size", image_size), is_train=False, mean=pp.get("mean"), std=pp.get("std"),
+        resize_mode=pp.get("resize_mode"), interpolation=pp.get("interpolation"),
+    )  # fmt: skip
+
+
+def _trim_ok(model: nn.Module) -> bool:
+    """Whether :func:`encode_text` may drop trailing padding: an open_clip ``CLIP`` text tower with
+    a causal mask and end-of-text pooling (outputs up to <eot> never see later positions)."""
+    return (
+        isinstance(model, open_clip.CLIP)
+        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+        and isinstance(getattr(model, "attn_mask", None), Tensor)
+        and isinstance(model.text_projection, (Tensor, nn.Parameter))
+    )
+
+
+def encode_text(model: nn.Module, tokens: Tensor, normalize: bool = True) -> Tensor:
+    """``LongTensor[B, C] -> [B, D]``, same result as ``model.encode_text`` but cheaper.
+
+    Captions use ~15-30 of the 48 positions; with a causal mask the states up to the pooled <eot>
+    do not depend on the padding after it, so we run the transformer on the first L positions only
+    (L = last pooled position in the batch + 1). Roughly halves text-tower cost in training and
+    extraction. Falls back to ``model.encode_text`` for any other text tower.
+    """
+    if not _trim_ok(model):
+        return model.encode_text(tokens, normalize=normalize)
+    if model.text_pool_type == "argmax":
+        last = tokens.argmax(dim=-1)
+    else:
+        last = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    n = int(last.max()) + 1
+    tokens = tokens[:, :n]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = x[torch.arange(x.shape[0], device=x.device), last] @ model.text_projection
+    return F.normalize(x, dim=-1) if normalize else x
+
+
+class ClipEncoder:
+    """A frozen CLIP in eval mode: PIL images / texts -> L2-normalised float32 ``[B, dim]`` on CPU."""
+
+    def __init__(
+        self, model: nn.Module, tokenize: Tokenize, preprocess: Callable[[Image.Image], Tensor],
+        spec_key: str, config: ClipEncoderConfig, device: str | torch.device = "cpu",
+    ):  # fmt: skip
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.tokenize = tokenize
+        self.preprocess = preprocess
+        self.spec_key = spec_key
+        self.config = config
+        self.dim = int(self.encode_texts([""]).shape[-1])
+
+    def image_tensor(self, images: Sequence[Image.Image]) -> Tensor:
+        """``[B, 3, S, S]`` preprocessed (open_clip's val transform)."""
+        return torch.stack([self.preprocess(im.convert("RGB")) for im in images])
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image] | Tensor) -> Tensor:
+        """PIL images, or an already preprocessed ``[B, 3, S, S]`` tensor -> ``[B, dim]``."""
+        x = images if isinstance(images, Tensor) else self.image_tensor(images)
+        out = self.model.encode_image(x.to(self.device), normalize=True)
+        return out.float().cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> Tensor:
+        """Texts -> ``[B, dim]``."""
+        tokens = self.tokenize(list(texts)).to(self.device)
+        return encode_text(self.model, tokens, normalize=True).float().cpu()
+
+
+def load_clip(
+    cfg: ClipEncoderConfig, *, allow_random: bool = False, device: str | torch.device = "cpu"
+) -> ClipEncoder:
+    """Build the configured encoder from local files only (see module docstring for the rules)."""
+    if cfg.weights and not Path(cfg.weights).is_file():
+        raise FileNotFoundError(f"CLIP weights file {cfg.weights} not found: {WEIGHTS_HINT}")
+    if not (cfg.weights or cfg.pretrained or allow_random):
+        raise ValueError(f"no CLIP weights configured (encoders.clip.weights / pretrained): {WEIGHTS_HINT}")
+    tokenize, vocab_size, tok_id = load_tokenizer(cfg)
+    identity: dict[str, Any] = {"tokenizer": tok_id, "vocab_size": vocab_size}
+    if cfg.pretrained:
+        if cfg.tokenizer == "corpus":  # pragma: no cover - rejected by the config validator
+            raise ValueError("pretrained tags need tokenizer='open_clip'")
+        model, path = _load_pretrained_tag(cfg)
+        identity.update(init="pretrained", weights_sha256=file_sha256(path))
+    else:
+        with _quiet_random_init_warning() if cfg.weights else nullcontext():
+            model = build_clip_model(cfg, vocab_size)
+        if cfg.weights:
+            load_weights_into(model, cfg.weights)
+            identity.update(init="weights", weights_sha256=file_sha256(cfg.weights))
+        else:
+            identity.update(init="random")
+    preprocess = eval_transform(model, cfg.image_size)
+    return ClipEncoder(model, tokenize, preprocess, make_spec_key(cfg, identity), cfg, device)
