@@ -122,7 +122,26 @@ class Params(_Strict):
     data: ConsolidateConfig
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
 
+    # Sections whose typed config classes live beside the torch code that uses them (so that
+    # importing memeops.config stays light); a stage turns them into their typed object with
+    # :meth:`section`.
+    encoders: dict[str, Any] = Field(default_factory=dict)
+    pretrain_clip: dict[str, Any] = Field(default_factory=dict)
+    features: dict[str, Any] = Field(default_factory=dict)
+
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    def section(self, name: str, model_cls: type[BaseModel]) -> Any:
+        """``params.<name>`` (dotted for nesting, e.g. ``encoders.clip``) validated as ``model_cls``."""
+        node: Any = self.model_dump(by_alias=True)
+        for part in name.split("."):
+            node = (node or {}).get(part, {})
+        try:
+            return model_cls.model_validate(node or {})
+        except Exception as exc:
+            errors = getattr(exc, "errors", None)
+            detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors()) if callable(errors) else str(exc)
+            raise ConfigError(f"params {name}: {detail}") from exc
 
 
 class ConfigError(ValueError):

@@ -20,6 +20,8 @@ TINY_PARAMS = {
     "synth": {"n_memes": 150, "image_size": 128, "workers": 1},
     "data": {"workers": 1},
     "validate": {"min_class_count": 1},
+    "pretrain_clip": {"epochs": 1, "batch_size": 32},
+    "encoders": {"clip": {"image_size": 64, "embed_dim": 64}},
 }
 
 
@@ -60,6 +62,10 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     assert set(sheet["splits"]) == {"train", "val", "test", "test_unseen"}
     validation = json.loads((project_copy / "reports" / "validation.json").read_text())
     assert validation["success"] is True
+    recall = json.loads((project_copy / "reports" / "metrics" / "pretrain_clip.json").read_text())
+    assert {"val_i2t_r1", "val_t2i_r5"} <= set(recall)
+    features = json.loads((project_copy / "reports" / "metrics" / "features.json").read_text())
+    assert features["computed"] == sheet["total"]["kept"] and features["cached"] == 0
 
     second = _run(["dvc", "repro"], project_copy, env)
     assert second.returncode == 0, second.stderr
