@@ -36,6 +36,8 @@ from memeops.data.records import Label, Quarantined, RawMeme, SourceError
 from memeops.data.taxonomy import MappingError, Taxonomy
 
 __all__ = [
+    "index_truth_rows",
+    "present_files",
     "CsvRow",
     "CsvTable",
     "DEFAULT_ENCODINGS",
@@ -152,6 +154,30 @@ def missing_field(location: str, field_name: str, native_id: str | None = None, 
     """Quarantine entry for a row that lacks a required field."""
     reason = f"missing required field {field_name!r}" + (f" ({what})" if what else "")
     return Quarantined(location=location, field=field_name, reason=reason, native_id=native_id)
+
+
+def present_files(source: SourceConfig, root: Path, files: dict[str, str]) -> list[tuple[str, str]]:
+    """(file name, split) for the split files that exist; a SourceError when none does."""
+    present = [(name, split) for name, split in files.items() if (root / name).is_file()]
+    if not present:
+        raise source_error(source, f"at least one of {', '.join(files)}", root)
+    return present
+
+
+def index_truth_rows(rows: Iterable["CsvRow"], key_column: str) -> tuple[dict[str, "CsvRow"], list[Quarantined]]:
+    """Ground-truth rows by name; unnamed and repeated rows come back as Quarantined entries."""
+    truth: dict[str, CsvRow] = {}
+    leftovers: list[Quarantined] = []
+    for row in rows:
+        key = row.get(key_column).strip()
+        if not key:
+            leftovers.append(missing_field(row.location, key_column, None, "ground-truth row without a name"))
+        elif key in truth:
+            leftovers.append(Quarantined(row.location, key_column,
+                                         f"duplicate ground-truth row; first at {truth[key].location}", key, key))
+        else:
+            truth[key] = row
+    return truth, leftovers
 
 
 class SeenIds:

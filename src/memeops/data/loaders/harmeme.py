@@ -14,6 +14,7 @@ from typing import Any
 
 from memeops.config import SourceConfig
 from memeops.data.loaders.base import (
+    present_files,
     RowLabels,
     SeenIds,
     is_blank,
@@ -22,7 +23,6 @@ from memeops.data.loaders.base import (
     missing_field,
     option,
     read_jsonl,
-    source_error,
     source_root,
 )
 from memeops.data.records import LoaderItem, Quarantined
@@ -35,9 +35,7 @@ FILES: dict[str, str] = {"train.jsonl": "train", "val.jsonl": "val", "test.jsonl
 def load(source: SourceConfig, taxonomy: Taxonomy) -> Iterator[LoaderItem]:
     """One item per non-blank line of train/val/test.jsonl (at least one must exist)."""
     root = source_root(source)
-    present = [(name, split) for name, split in FILES.items() if (root / name).is_file()]
-    if not present:
-        raise source_error(source, f"at least one of {', '.join(FILES)}", root)
+    present = present_files(source, root, FILES)
     image_dir = str(option(source, "image_dir", "images"))
     language = source.language or "en"
     seen = SeenIds()

@@ -18,6 +18,7 @@ from typing import Any
 
 from memeops.config import SPLITS, SourceConfig
 from memeops.data.loaders.base import (
+    present_files,
     RowLabels,
     SeenIds,
     is_blank,
@@ -49,9 +50,7 @@ def load(source: SourceConfig, taxonomy: Taxonomy) -> Iterator[LoaderItem]:
     files = option(source, "files", DEFAULT_FILES)
     if not isinstance(files, dict) or any(s not in SPLITS for s in files.values()):
         raise source_error(source, f"option 'files' as a mapping file name -> one of {', '.join(SPLITS)}", root)
-    present = [(name, split) for name, split in files.items() if (root / name).is_file()]
-    if not present:
-        raise source_error(source, f"at least one of {', '.join(files)}", root)
+    present = present_files(source, root, files)
     image_dir = str(option(source, "image_dir", "img"))
     language = source.language or "en"
     seen = SeenIds()

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from memeops.config import SourceConfig
 from memeops.data.loaders.base import (
+    index_truth_rows,
     CsvRow,
     RowLabels,
     SeenIds,
     join_image,
     meme,
-    missing_field,
     option,
     read_table,
     require_file,
@@ -115,17 +115,8 @@ def _test(source: SourceConfig, root: Path, language: str, taxonomy: Taxonomy, s
     leftovers: list[LoaderItem] = []
     if truth_path.is_file():
         table = read_table(source, root, truth_path, delimiter="\t", columns=["file_name", *LABEL_FIELDS])
-        for row in table.rows:
-            key = row.get("file_name").strip()
-            if not key:
-                leftovers.append(missing_field(row.location, "file_name", None, "ground-truth row without a name"))
-            elif key in truth:
-                leftovers.append(
-                    Quarantined(row.location, "file_name", f"duplicate ground-truth row; first at {truth[key].location}",
-                                key, key)
-                )
-            else:
-                truth[key] = row
+        truth, unmatched = index_truth_rows(table.rows, "file_name")
+        leftovers.extend(unmatched)
     why = f"unlabelled test meme (no row in {truth_path.name})" if truth_path.is_file() else "unlabelled test meme (no truth file)"
     used: set[str] = set()
     for row in tests.rows:

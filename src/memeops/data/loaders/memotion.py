@@ -32,6 +32,7 @@ from pathlib import Path
 
 from memeops.config import SourceConfig
 from memeops.data.loaders.base import (
+    index_truth_rows,
     CsvRow,
     RowLabels,
     SeenIds,
@@ -39,7 +40,6 @@ from memeops.data.loaders.base import (
     is_blank,
     join_image,
     meme,
-    missing_field,
     option,
     read_table,
     require_file,
@@ -129,17 +129,7 @@ def _test(
     truth_items: list[LoaderItem] = []  # duplicates / unnamed truth rows, yielded after the test rows
     if truth_path is not None:
         table = read_table(source, root, truth_path, required=("image_name", "labels"))
-        for row in table.rows:
-            key = row.get("image_name").strip()
-            if not key:
-                truth_items.append(missing_field(row.location, "image_name", None, "ground-truth row without a name"))
-            elif key in truth:
-                truth_items.append(
-                    Quarantined(row.location, "image_name", f"duplicate ground-truth row; first at {truth[key].location}",
-                                key, key)
-                )
-            else:
-                truth[key] = row
+        truth, truth_items = index_truth_rows(table.rows, "image_name")
     scale_error = _scale_error(truth, taxonomy)
 
     used: set[str] = set()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from memeops.config import SourceConfig
 from memeops.data.loaders.base import (
+    present_files,
     RowLabels,
     SeenIds,
     is_blank,
@@ -22,7 +23,6 @@ from memeops.data.loaders.base import (
     missing_field,
     option,
     read_table,
-    source_error,
     source_root,
 )
 from memeops.data.records import LoaderItem
@@ -38,9 +38,7 @@ FILES: dict[str, str] = {
 
 def load(source: SourceConfig, taxonomy: Taxonomy) -> Iterator[LoaderItem]:
     root = source_root(source)
-    present = [(name, split) for name, split in FILES.items() if (root / name).is_file()]
-    if not present:
-        raise source_error(source, f"at least one of {', '.join(FILES)}", root)
+    present = present_files(source, root, FILES)
     image_dir = str(option(source, "image_dir", "Labelled Images"))
     language = source.language or "en"
     seen = SeenIds()
