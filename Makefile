@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed-stamp
 # Offline switches and in-project tool state, from the one place that defines them.
 RUNTIME_ENV = eval "$$($(BIN)/memeops env)" && export PATH="$(BIN):$$PATH"
 
-.PHONY: install repro test test-fast ui lock clean help
+.PHONY: install repro test test-fast bench ui lock clean help
 
 help:
 	@echo "make repro   - create .venv, install, run the DVC pipeline (dvc repro)"
 	@echo "make test    - create .venv, install, run the test suite"
 	@echo "make test-fast - unit tests only (-m 'not slow')"
+	@echo "make bench   - benchmarks (after make repro) -> reports/bench.json"
 	@echo "make ui      - MLflow UI on the project's tracking store (http://127.0.0.1:5000)"
 	@echo "make lock    - re-resolve requirements.in into requirements.lock"
 
@@ -33,6 +34,9 @@ test: install
 
 test-fast: install
 	$(RUNTIME_ENV) && pytest -m "not slow"
+
+bench: install
+	$(RUNTIME_ENV) && python -m benchmarks.train_epoch
 
 ui: install
 	$(RUNTIME_ENV) && MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server \

@@ -14,25 +14,13 @@ from pathlib import Path
 from memeops.config import load_params
 from memeops.data.consolidate import read_memes
 from memeops.data.features import FeatureConfig, extract_features
-from memeops.models.clip import ClipEncoderConfig, load_clip
+from memeops.models.clip import ClipEncoderConfig, load_clip, resolve_encoder_config
 from stages import run_stage
-
-PIPELINE_CLIP = Path("models/clip/clip_config.json")
-
-
-def encoder_config(params) -> ClipEncoderConfig:  # noqa: ANN001
-    """The user's encoder when params name one; otherwise the in-pipeline one."""
-    cfg = params.section("encoders.clip", ClipEncoderConfig)
-    if cfg.weights or cfg.pretrained:
-        return cfg
-    if not PIPELINE_CLIP.is_file():
-        raise FileNotFoundError(f"{PIPELINE_CLIP}: no encoder (run stage pretrain_clip or set encoders.clip.weights)")
-    return ClipEncoderConfig.model_validate_json(PIPELINE_CLIP.read_text())
 
 
 def main() -> int:
     params = load_params()
-    encoder = load_clip(encoder_config(params))
+    encoder = load_clip(resolve_encoder_config(params.section("encoders.clip", ClipEncoderConfig)))
     memes = read_memes(Path(params.data.output_dir) / "memes.parquet")
     stats = extract_features(memes, encoder, params.section("features", FeatureConfig))
     Path("reports/metrics").mkdir(parents=True, exist_ok=True)

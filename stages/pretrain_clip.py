@@ -12,7 +12,9 @@ from pathlib import Path
 from memeops.config import load_params
 from memeops.data.consolidate import read_memes
 from memeops.models.clip import ClipEncoderConfig
+from memeops.tracking.runs import log_metrics, tracked_run
 from memeops.training.clip_pretrain import PretrainConfig, pretrain_clip
+from memeops.training.experiment import TrainStageConfig, file_md5
 from stages import run_stage
 
 OUT_DIR = Path("models/clip")
@@ -23,9 +25,20 @@ def main() -> int:
     enc_cfg = params.section("encoders.clip", ClipEncoderConfig).model_copy(
         update={"weights": None, "pretrained": None, "tokenizer_path": None})
     cfg = params.section("pretrain_clip", PretrainConfig)
-    memes = read_memes(Path(params.data.output_dir) / "memes.parquet")
-    result = pretrain_clip(memes, cfg, enc_cfg, OUT_DIR)
-    history = result.pop("history")
+    memes_path = Path(params.data.output_dir) / "memes.parquet"
+    memes = read_memes(memes_path)
+    experiment = params.section("train", TrainStageConfig).experiment
+    with tracked_run(experiment=experiment, run_name="pretrain_clip", stage="pretrain_clip", variant=None,
+                     seed=cfg.seed, data_digest=file_md5(memes_path),
+                     params={"pretrain_clip": cfg.model_dump(), "encoder": enc_cfg.model_dump()}):  # fmt: skip
+        result = pretrain_clip(memes, cfg, enc_cfg, OUT_DIR)
+        history = result.pop("history")
+        for epoch, loss in enumerate(history["train_loss"], start=1):
+            log_metrics({"train/loss": loss}, step=epoch)
+        log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
+        import mlflow
+
+        mlflow.log_artifact(str(OUT_DIR / "clip_config.json"), artifact_path="clip")
     metrics_dir, plots_dir = Path("reports/metrics"), Path("reports/plots")
     metrics_dir.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ looking at what the pipeline knows: the taxonomy, the parsed params, the runtime
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -37,6 +38,100 @@ def env() -> None:
     from memeops.runtime import shell_exports
 
     typer.echo(shell_exports())
+
+
+PREDICT_HELP = (
+    "Predict every task for raw memes (image + caption) with a packed model.\n\n"
+    "MODEL is a registered model URI (models:/memeops-gatedclip@challenger), any MLflow model URI "
+    "(runs:/<run_id>/model), or a local model folder written by save_model_dir "
+    "(or an MLflow model folder).\n\n"
+    "Captions: give --text once to use it for every image, or exactly once per image, in the same order; "
+    "without --text the memes are treated as having no caption.\n\n"
+    "Prints one table per image (task, label, probability; a multi-label task shows its labels joined by "
+    "'|' and the probability of that exact label set), or with --json a list of "
+    "{image, text, predictions: {task: {label, probability, p_<label>...}}}.\n\n"
+    "Errors are printed on one line and exit with code 2."
+)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {' '.join(str(message).split())[:500]}", err=True)
+    raise typer.Exit(2)
+
+
+def _prediction_records(frame: Any) -> list[dict[str, dict[str, Any]]]:
+    """Output rows -> ``{task: {"label", "probability", "p_<label>"...}}``; the tasks are the
+    columns that have a ``<task>_prob`` twin, so any packed model's output table works."""
+    tasks = [c for c in frame.columns if f"{c}_prob" in frame.columns]
+    records = []
+    for _, row in frame.iterrows():
+        per_task: dict[str, dict[str, Any]] = {}
+        for task in tasks:
+            entry: dict[str, Any] = {"label": row[task], "probability": float(row[f"{task}_prob"])}
+            prefix = f"{task}_p_"
+            extra = {f"p_{c[len(prefix) :]}": float(row[c]) for c in frame.columns if c.startswith(prefix)}
+            entry.update(extra)
+            per_task[task] = entry
+        records.append(per_task)
+    return records
+
+
+@app.command(help=PREDICT_HELP)
+def predict(
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE", help="meme image files (png, jpg, ...)")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="models:/NAME@ALIAS, runs:/ID/model or a local model folder")
+    ],
+    text: Annotated[
+        list[str] | None, typer.Option("--text", "-t", help="caption: once for all images, or once per image")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    device: Annotated[str, typer.Option(help="torch device for encoder and head: cpu, cuda, ...")] = "cpu",
+) -> None:
+    import json
+    import os
+
+    texts = list(text or [])
+    if len(texts) not in (0, 1, len(images)):
+        _fail(f"got {len(texts)} --text for {len(images)} images: give one --text for all, or one per image")
+    texts = texts * len(images) if len(texts) == 1 else texts or [""] * len(images)
+    for image in images:
+        if not Path(image).is_file():
+            _fail(f"image file not found: {image}")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import pandas as pd
+
+    from memeops.tracking.pyfunc import load_predictor
+
+    user_errors: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, OSError)
+    try:
+        import logging
+
+        from mlflow.exceptions import MlflowException
+
+        user_errors += (MlflowException,)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter around the output
+    except ImportError:  # pragma: no cover - mlflow is a dependency; local folders work without it
+        pass
+    try:
+        predictor = load_predictor(model, device=device)
+        frame = pd.DataFrame({"image": [str(Path(p).resolve()) for p in images], "text": texts})
+        records = _prediction_records(predictor.predict(frame))
+    except user_errors as exc:
+        _fail(str(exc) or type(exc).__name__)
+    if as_json:
+        rows = zip(images, texts, records, strict=True)
+        out = [{"image": i, "text": t, "predictions": r} for i, t, r in rows]
+        typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    for image, caption, record in zip(images, texts, records, strict=True):
+        typer.echo(f"{image}  text: {caption!r}")
+        width = max([len("task"), *map(len, record)])
+        labels = {task: entry["label"] or "(none)" for task, entry in record.items()}
+        lwidth = max([len("label"), *map(len, labels.values())])
+        typer.echo(f"  {'task':<{width}}  {'label':<{lwidth}}  probability")
+        for task, entry in record.items():
+            typer.echo(f"  {task:<{width}}  {labels[task]:<{lwidth}}  {entry['probability']:.3f}")
 
 
 if __name__ == "__main__":

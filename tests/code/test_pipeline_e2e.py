@@ -1,7 +1,10 @@
 """End to end: ``dvc repro`` at a tiny size in a temp copy of the project, under the socket guard.
 
-Checks the pipeline runs, the datasheet reconciles, a second ``dvc repro`` is a no-op, ``dvc status``
-is clean, no non-loopback connection was attempted, and nothing was written to ``$HOME``.
+Checks the pipeline runs, the datasheet reconciles, every variant is trained, reported and registered
+(``memeops-<variant>@challenger``), the registered GatedCLIP predicts from an image file in a fresh
+process, a second ``dvc repro`` is a no-op, a params change to one variant retrains that variant only
+(the feature cache is reused), no non-loopback connection was attempted, and nothing was written to
+``$HOME``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ TINY_PARAMS = {
     "validate": {"min_class_count": 1},
     "pretrain_clip": {"epochs": 1, "batch_size": 32},
     "encoders": {"clip": {"image_size": 64, "embed_dim": 64}},
+    "train": {"trainer": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "bootstrap_samples": 20},
 }
+VARIANTS = ("gatedclip", "text_only", "image_only", "average", "concat", "align", "cross")
 
 
 def _deep_update(base: dict, extra: dict) -> dict:
@@ -67,11 +72,30 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     features = json.loads((project_copy / "reports" / "metrics" / "features.json").read_text())
     assert features["computed"] == sheet["total"]["kept"] and features["cached"] == 0
 
+    for variant in VARIANTS:
+        report = json.loads((project_copy / "reports" / "metrics" / f"{variant}.json").read_text())
+        assert "hateful/auroc" in report["test"] and "hateful/auroc" in report["ci95"]["test"], variant
+        assert (project_copy / "reports" / "plots" / "train" / f"{variant}.csv").is_file()
+    image = next((project_copy / "data" / "synthmeme" / "images").glob("*.jpg"))
+    predicted = _run(["memeops", "predict", "--model", "models:/memeops-gatedclip@challenger", str(image),
+                      "--text", "my boss be like", "--json"], project_copy, env)  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    rows = json.loads(predicted.stdout)
+    assert len(rows) == 1 and "hateful" in json.dumps(rows)
+
     second = _run(["dvc", "repro"], project_copy, env)
     assert second.returncode == 0, second.stderr
     assert "Running stage" not in second.stdout, second.stdout
     status = _run(["dvc", "status"], project_copy, env)
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+
+    params = yaml.safe_load((project_copy / "params.yaml").read_text())
+    params["train"]["variants"]["text_only"]["trainer"] = {"lr": 0.002}
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = _run(["dvc", "repro"], project_copy, env)
+    assert third.returncode == 0, third.stderr
+    ran = sorted(line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage"))
+    assert ran == ["train@text_only"], third.stdout
 
     log = Path(env["MEMEOPS_NETGUARD_LOG"])
     assert not log.exists() or log.read_text() == "", f"non-loopback network use: {log.read_text()}"

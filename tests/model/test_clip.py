@@ -28,8 +28,13 @@ from memeops.training.clip_pretrain import (
     CONFIG_FILE,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
+    ObjectTags,
+    PairTokens,
     PretrainConfig,
+    caption_contrast_loss,
+    mask_tokens,
     objects_alt_text,
+    pair_candidates,
     pair_texts,
     pretrain_clip,
     retrieval_recall,
@@ -296,3 +301,73 @@ def test_pretrain_uses_train_split_only(tmp_path: Path) -> None:
                   tmp_path / "out")  # fmt: skip
     tok = CorpusTokenizer.load(tmp_path / "out" / TOKENIZER_FILE)
     assert val_only_word not in tok.tokenizer.get_vocab()
+
+
+# --- the pretraining objective's parts -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["convnet", "resnet", "vit"])
+def test_every_image_tower_kind_builds_and_embeds(kind: str, tokenizer_file: Path) -> None:
+    cfg = ClipEncoderConfig(tokenizer_path=str(tokenizer_file), vision_kind=kind,
+                            **{**SMALL, "vision_width": 16 if kind != "vit" else 64})  # fmt: skip
+    enc = load_clip(cfg, allow_random=True)
+    assert enc.encode_images(_images(3, size=40)).shape == (3, 32)
+
+
+def test_convnet_tower_sees_a_small_object_anywhere() -> None:
+    """Global max pooling: the same small patch moved across the image keeps the pooled max feature."""
+    from memeops.models.clip import MaxPoolConvNet
+
+    torch.manual_seed(0)
+    net = MaxPoolConvNet(embed_dim=8, image_size=256, width=8).eval()
+    a, b = torch.zeros(1, 3, 256, 256), torch.zeros(1, 3, 256, 256)
+    a[..., 96:112, 96:112] = 1.0
+    b[..., 128:144, 64:80] = 1.0  # same patch, shifted by multiples of the total stride (32), far from borders
+    with torch.no_grad():
+        fa, fb = net.trunk(a).amax(dim=(2, 3)), net.trunk(b).amax(dim=(2, 3))
+    torch.testing.assert_close(fa, fb)
+
+
+def test_mask_tokens_keeps_specials_and_masks_about_the_share() -> None:
+    tokens = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11, 20, 0, 0]] * 200)  # sot, content, eot=20, pad
+    out = mask_tokens(tokens, 0.3, unk_id=2, eot_id=20, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, [0, 8, 9, 10]], tokens[:, [0, 8, 9, 10]])
+    masked = (out[:, 1:8] == 2).float().mean().item()
+    assert 0.25 < masked < 0.35
+
+
+def test_caption_contrast_loss_prefers_matching_views_and_ignores_duplicate_captions() -> None:
+    a = torch.nn.functional.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    ids = torch.arange(6)
+    assert caption_contrast_loss(a, a, ids, 0.1) < caption_contrast_loss(a, a.roll(1, 0), ids, 0.1)
+    dup = a.clone()
+    dup[1] = dup[0]  # two memes share a caption: each other's views are not negatives
+    with_dup = caption_contrast_loss(dup, dup, torch.tensor([0, 0, 2, 3, 4, 5]), 0.1)
+    assert torch.isfinite(with_dup) and with_dup < caption_contrast_loss(dup, dup, ids, 0.1)
+
+
+def test_one_object_candidates_and_seeded_draw() -> None:
+    extra = {"objects": [{"class": "snake"}, {"class": "alarm_clock"}]}
+    memes = pd.DataFrame({"text": ["hi", "yo"], "extra": [json.dumps(extra), None]})
+    cands = pair_candidates(memes, "caption+object")
+    assert cands == [["hi with a snake", "hi with an alarm clock"], ["yo"]]
+    assert pair_candidates(memes, "caption+objects") == [["hi with a snake, an alarm clock"], ["yo"]]
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[len(t)] for t in texts])
+
+    draws = [PairTokens.build(cands, tokenize, seed=1).draw(torch.tensor([0, 1] * 20)) for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])  # seeded
+    assert set(draws[0][0::2, 0].tolist()) == {len("hi with a snake"), len("hi with an alarm clock")}
+    assert set(draws[0][1::2, 0].tolist()) == {len("yo")}
+
+
+def test_object_tags_multi_hot_from_train_objects() -> None:
+    extra = {"objects": [{"class": "snake"}, {"class": "tree"}]}
+    memes = pd.DataFrame({"extra": [json.dumps(extra), json.dumps({"objects": [{"class": "tree"}]}), None]})
+    tags = ObjectTags.build(memes, embed_dim=4, weight=1.0)
+    assert tags is not None and tags.targets.tolist() == [[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]
+    torch.nn.init.zeros_(tags.head.bias)  # zero features + zero bias: every logit 0, BCE = ln 2 per tag
+    assert tags.loss(torch.zeros(3, 4), torch.tensor([0, 1, 2])).item() == pytest.approx(2 * 0.6931, abs=1e-3)  # summed over the 2 tags
+    assert ObjectTags.build(memes, 4, weight=0.0) is None
+    assert ObjectTags.build(pd.DataFrame({"text": ["x"]}), 4, weight=1.0) is None

@@ -48,6 +48,39 @@ WEIGHTS_HINT = "run the pretrain_clip stage or set encoders.clip.weights to a lo
 PATH_FIELDS = frozenset({"weights", "tokenizer_path", "cache_dir"})  # not hashed: content is
 
 
+class MaxPoolConvNet(nn.Module):
+    """A small VGG-style image tower: ``[B, 3, S, S] -> [B, embed_dim]``.
+
+    Stride-2 conv + 2x2 max-pool stem (S/4, as ResNet stems), then ``stages - 1`` stages of (3x3 conv, BN, ReLU, 2x2 max-pool), then the
+    global max *and* mean of the last feature map, concatenated and projected. The global max lets
+    a small object anywhere in the image light up a channel: the property SynthMeme's key objects
+    (and real memes' small symbols) need, and the one attention-pooled towers were slow to learn here.
+    """
+
+    def __init__(self, embed_dim: int, image_size: int, width: int = 32, stages: int = 4):
+        super().__init__()
+        self.image_size = (image_size, image_size)
+        widths = [width * 2**i for i in range(stages)]
+        layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False),
+                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True), nn.MaxPool2d(2)]  # fmt: skip
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]  # fmt: skip
+        self.trunk = nn.Sequential(*layers)
+        self.proj = nn.Linear(2 * widths[-1], embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.trunk(x)  # [B, C, S / 2^(stages+1), same]
+        pooled = torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1)  # [B, 2C]
+        return self.proj(pooled)
+
+    def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:  # open_clip API
+        self.requires_grad_(False)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:  # open_clip API; nothing to do
+        pass
+
+
 class ClipEncoderConfig(BaseModel):
     """Which CLIP to use and where its weights come from; the tiny arch's sizes.
 
@@ -67,8 +100,13 @@ class ClipEncoderConfig(BaseModel):
 
     embed_dim: int = 256
     image_size: int = 128
+    # Image tower of memeops-tiny: "vit" (open_clip VisionTransformer), "resnet" (open_clip's
+    # ModifiedResNet, attention-pooled) or "convnet" (:class:`MaxPoolConvNet`, a small VGG-style CNN
+    # with global max+avg pooling). See the module docstring for why the default is "convnet".
+    vision_kind: Literal["vit", "resnet", "convnet"] = "convnet"
+    vision_resnet_layers: tuple[int, int, int, int] = (1, 1, 1, 1)
     patch_size: int = 16
-    vision_width: int = 192
+    vision_width: int = 32  # convnet: first-stage channels (doubling per stage); vit/resnet: width
     vision_layers: int = 4
     vision_heads: int = 3
     text_width: int = 192
@@ -85,7 +123,7 @@ class ClipEncoderConfig(BaseModel):
             raise ValueError(f"{TINY_ARCH} has no open_clip pretrained tags; use weights=<local file>")
         if self.pretrained and self.tokenizer == "corpus":
             raise ValueError("pretrained open_clip tags come with open_clip's tokenizer: set tokenizer='open_clip'")
-        if self.vision_width % self.vision_heads or self.text_width % self.text_heads:
+        if self.vision_kind == "vit" and self.vision_width % self.vision_heads or self.text_width % self.text_heads:
             raise ValueError("vision_width / text_width must be divisible by their head counts")
         return self
 
@@ -130,15 +168,23 @@ def _open_clip_model_cfg(arch: str) -> dict[str, Any]:
 
 def tiny_model_cfg(cfg: ClipEncoderConfig, vocab_size: int) -> dict[str, Any]:
     """open_clip ``CLIP(**kwargs)`` arguments for ``memeops-tiny``."""
-    return {
-        "embed_dim": cfg.embed_dim,
-        "vision_cfg": {
+    if cfg.vision_kind == "convnet":  # placeholder tower, replaced in build_clip_model
+        vision_cfg: dict[str, Any] = {"image_size": cfg.image_size, "width": 64, "layers": 1, "patch_size": 32,
+                                      "head_width": 64}  # fmt: skip
+    elif cfg.vision_kind == "resnet":
+        # a tuple of 4 stage depths makes open_clip build ModifiedResNet; final channels = 32 * width
+        vision_cfg = {"image_size": cfg.image_size, "width": cfg.vision_width, "layers": list(cfg.vision_resnet_layers)}
+    else:
+        vision_cfg = {
             "image_size": cfg.image_size,
             "patch_size": cfg.patch_size,
             "width": cfg.vision_width,
             "layers": cfg.vision_layers,
             "head_width": cfg.vision_width // cfg.vision_heads,
-        },
+        }
+    return {
+        "embed_dim": cfg.embed_dim,
+        "vision_cfg": vision_cfg,
         "text_cfg": {
             "context_length": cfg.context_length,
             "vocab_size": vocab_size,
@@ -158,7 +204,10 @@ def build_clip_model(cfg: ClipEncoderConfig, vocab_size: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         if cfg.arch == TINY_ARCH:
-            return open_clip.CLIP(**tiny_model_cfg(cfg, vocab_size))
+            model = open_clip.CLIP(**tiny_model_cfg(cfg, vocab_size))
+            if cfg.vision_kind == "convnet":  # open_clip's CLIP with our image tower (same API)
+                model.visual = MaxPoolConvNet(cfg.embed_dim, cfg.image_size, cfg.vision_width)
+            return model
         overrides: dict[str, Any] = {}
         model_cfg = _open_clip_model_cfg(cfg.arch)
         if cfg.tokenizer == "corpus":
@@ -395,6 +444,18 @@ class ClipEncoder:
         """Texts -> ``[B, dim]``."""
         tokens = self.tokenize(list(texts)).to(self.device)
         return encode_text(self.model, tokens, normalize=True).float().cpu()
+
+
+PIPELINE_CLIP_CONFIG = Path("models/clip/clip_config.json")  # written by stage pretrain_clip
+
+
+def resolve_encoder_config(cfg: ClipEncoderConfig, pipeline_config: Path = PIPELINE_CLIP_CONFIG) -> ClipEncoderConfig:
+    """The user's encoder when ``cfg`` names weights or a pretrained tag, else the in-pipeline one."""
+    if cfg.weights or cfg.pretrained:
+        return cfg
+    if not Path(pipeline_config).is_file():
+        raise FileNotFoundError(f"{pipeline_config}: no encoder (run stage pretrain_clip or set encoders.clip.weights)")
+    return ClipEncoderConfig.model_validate_json(Path(pipeline_config).read_text(encoding="utf-8"))
 
 
 def load_clip(

@@ -1,0 +1,395 @@
+"""MLflow runs the memeops way: one context manager, flattened params, lineage tags, a trainer callback.
+
+Every stage that logs to MLflow goes through :func:`tracked_run`, so all runs carry the same
+lineage tags (``memeops.git_commit``, ``memeops.dvc_stage``, ``memeops.data_digest``,
+``memeops.variant``, ``memeops.seed``) and can be compared or traced back to code and data.
+
+Tracking goes wherever ``MLFLOW_TRACKING_URI`` points (``memeops.runtime`` defaults it to
+``sqlite:///<project>/mlflow.db``; the tests point it at a temp dir). MLflow's own default artifact
+root is ``./mlruns`` *relative to the current directory*, so a stage run from another folder would
+scatter artifacts; :func:`ensure_experiment` therefore creates experiments with their artifacts
+next to the sqlite file (``<db dir>/mlartifacts/<experiment>``).
+
+mlflow is imported inside functions: model and training code import nothing from here at import
+time, and a GPU box without mlflow can still import ``memeops.tracking.plots``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from memeops.runtime import find_project_root
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow import ActiveRun
+
+    from memeops.training.trainer import FitResult
+
+# MLflow's limits (mlflow.utils.validation); copied so this module imports without mlflow.
+MAX_KEY_LENGTH = 250
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+#: Seconds between system-metric samples. MLflow's default (10 s) records nothing for a run shorter
+#: than that: the monitor publishes a sample only after waiting one full interval.
+SYSTEM_METRICS_INTERVAL_S = 1.0
+#: Columns :func:`log_dataset` keeps: enough to see what a run trained on, small enough to profile.
+DATASET_COLUMNS = ("meme_id", "split", "language", "text")
+
+TAG_GIT_COMMIT = "memeops.git_commit"
+TAG_STAGE = "memeops.dvc_stage"
+TAG_DATA_DIGEST = "memeops.data_digest"
+TAG_VARIANT = "memeops.variant"
+TAG_SEED = "memeops.seed"
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def flatten_params(params: Mapping[str, Any] | Any, prefix: str = "", sep: str = ".") -> dict[str, str]:
+    """Nested mappings (and pydantic models) -> ``{"a.b.c": "value"}`` with str values.
+
+    MLflow params are flat strings; dotted keys keep the YAML structure searchable
+    (``params."train.lr" = '0.001'``). Lists and other leaves are ``str()``-ed; characters MLflow
+    rejects in keys become ``_``, and keys and values are truncated to MLflow's limits, so odd
+    params can never fail a run at start-up.
+    """
+    if hasattr(params, "model_dump"):
+        params = params.model_dump(mode="json")
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if hasattr(value, "model_dump"):
+            value = value.model_dump(mode="json")
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_params(value, name, sep))
+        else:
+            out[_param_key(name)] = str(value)[:MAX_PARAM_VALUE_LENGTH]
+    return out
+
+
+def _param_key(name: str) -> str:
+    return re.sub(r"[^\w.\- /]", "_", name)[:MAX_KEY_LENGTH]
+
+
+def metric_name(name: str) -> str:
+    """A valid MLflow metric key: keeps ``/`` (the UI groups on it), replaces anything else MLflow
+    rejects (or that is not portable, such as ``:``) with ``_``, and drops empty path segments."""
+    cleaned = re.sub(r"[^\w.\- /]", "_", str(name))
+    parts = [p if p not in (".", "..") else "_" for p in cleaned.split("/") if p]
+    return "/".join(parts)[:MAX_KEY_LENGTH] or "_"
+
+
+def _numeric(value: Any) -> float | None:
+    """float for ints, floats, bools (as 0/1) and 0-d numpy/torch scalars; None for the rest."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", 1) == 0:
+        try:
+            out = item()
+        except (TypeError, ValueError):
+            return None
+        return float(out) if isinstance(out, (int, float)) else None
+    return None
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested dicts -> ``{"a/b/c": float}`` (``/``-joined, the trainer's convention); non-numeric
+    leaves are skipped; NaN / inf are kept (an undefined AUROC is information, not an error)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten_metrics(value, name))
+            continue
+        number = _numeric(value)
+        if number is not None:
+            out[metric_name(name)] = number
+    return out
+
+
+def git_commit(root: str | Path | None = None) -> str:
+    """``git rev-parse HEAD`` of the project, ``+dirty`` when tracked or untracked (not ignored)
+    files differ from it, ``"unknown"`` when there is no git, no repo or no commit. Never raises:
+    lineage must not be able to fail a training run. ``GIT_OPTIONAL_LOCKS=0`` keeps ``git status``
+    from taking the index lock while someone else is using the worktree."""
+    cwd = Path(root) if root else find_project_root()
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            check=False,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if head.returncode != 0:
+            return "unknown"
+        status = subprocess.run(
+            ["git", "status", "--porcelain"],
+            check=False,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = head.stdout.strip() or "unknown"
+    dirty = status.returncode != 0 or bool(status.stdout.strip())
+    return f"{commit}+dirty" if dirty and commit != "unknown" else commit
+
+
+def default_artifact_location(experiment: str, tracking_uri: str | None = None) -> str | None:
+    """``<db dir>/mlartifacts/<experiment>`` for a sqlite tracking URI; None (MLflow decides,
+    e.g. a server's artifact root) for anything else."""
+    import mlflow
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    db = Path(unquote(uri[len("sqlite:///") :].split("?")[0])) if uri.startswith("sqlite:///") else None
+    if db is None or str(db) in ("", ":memory:"):
+        return None
+    folder = re.sub(r"[^\w.\-]+", "_", experiment).strip(".") or "default"
+    return (db.parent.resolve() / "mlartifacts" / folder).as_uri()
+
+
+def ensure_experiment(name: str) -> str:
+    """The experiment id for ``name``, creating it (artifacts next to the db) when missing."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=default_artifact_location(name))
+    except MlflowException:  # created concurrently by another process
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+@contextmanager
+def _sampling_interval(seconds: float | None) -> Iterator[None]:
+    """Set MLflow's sampling-interval env var while a run starts (the monitor reads it in its
+    constructor), unless the user already set it; restore afterwards so nothing leaks."""
+    key = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+    if seconds is None or key in os.environ:
+        yield
+        return
+    os.environ[key] = str(seconds)
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def log_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """Flatten and log ``params`` to the active run in batches (mlflow chunks by 100); returns them."""
+    import mlflow
+
+    flat = flatten_params(params)
+    if flat:
+        mlflow.log_params(flat)
+    return flat
+
+
+def lineage_tags(
+    *, stage: str, variant: str | None, seed: int | None, data_digest: str, root: str | Path | None = None
+) -> dict[str, str]:
+    """The memeops lineage tags (None-valued ones are left out rather than faked)."""
+    tags = {TAG_GIT_COMMIT: git_commit(root), TAG_STAGE: stage, TAG_DATA_DIGEST: data_digest}
+    if variant is not None:
+        tags[TAG_VARIANT] = str(variant)
+    if seed is not None:
+        tags[TAG_SEED] = str(seed)
+    return tags
+
+
+@contextmanager
+def tracked_run(
+    *,
+    experiment: str,
+    run_name: str,
+    stage: str,
+    variant: str | None,
+    seed: int | None,
+    data_digest: str,
+    params: Mapping[str, Any],
+    extra_tags: Mapping[str, Any] | None = None,
+    system_metrics: bool = True,
+    system_metrics_interval: float | None = SYSTEM_METRICS_INTERVAL_S,
+    nested: bool = False,
+) -> Iterator[ActiveRun]:
+    """Start an MLflow run with lineage tags and flattened params; end it FINISHED or FAILED.
+
+    ``system_metrics`` turns on MLflow's CPU / memory / disk / network (and GPU when present)
+    sampler, every ``system_metrics_interval`` seconds (None: MLflow's setting; an exported
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` always wins). Pass ``False`` in tests and sweeps
+    of very short runs: the sampler is a thread that costs one join at the end of the run.
+    """
+    import mlflow
+
+    experiment_id = ensure_experiment(experiment)
+    tags = lineage_tags(stage=stage, variant=variant, seed=seed, data_digest=data_digest)
+    tags.update({str(k): str(v)[:MAX_TAG_VALUE_LENGTH] for k, v in (extra_tags or {}).items()})
+    with _sampling_interval(system_metrics_interval if system_metrics else None):
+        active = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested,
+            log_system_metrics=system_metrics,
+        )  # fmt: skip
+    with active:  # ActiveRun.__exit__ ends the run: FINISHED, or FAILED on an exception
+        log_params(params)
+        yield active
+
+
+def log_metrics(metrics: Mapping[str, Any], *, prefix: str = "", step: int | None = None) -> dict[str, float]:
+    """Log a (nested) metrics dict from a non-training stage (evaluation, benchmarks) to the
+    active run: keys ``/``-joined, non-numeric values skipped. Returns what was logged."""
+    import mlflow
+
+    flat = flatten_metrics(metrics, prefix)
+    if flat:
+        mlflow.log_metrics(flat, step=step)
+    return flat
+
+
+def log_dataset(df: pd.DataFrame, name: str, digest: str, context: str, *, source: str | None = None) -> None:
+    """Record which meme table a run used (``mlflow.log_input``), under the pipeline's own digest.
+
+    Only light columns go into the dataset profile: ``meme_id, split, language, text`` and the
+    ``label_*`` columns (multi-label lists joined with ``|`` so MLflow can infer a schema). The data
+    itself is not uploaded; DVC versions it, ``digest`` ties the two together.
+    """
+    import mlflow
+    import pandas as pd
+
+    keep = [c for c in DATASET_COLUMNS if c in df.columns]
+    keep += [c for c in df.columns if str(c).startswith("label_") or c == "labels"]
+    light = df.loc[:, keep].copy()
+    for col in light.columns:
+        if light[col].dtype == object:
+            light[col] = light[col].map(_cell_text)
+    light = pd.DataFrame(light).reset_index(drop=True)
+    dataset = mlflow.data.from_pandas(light, source=source, name=name, digest=digest)
+    mlflow.log_input(dataset, context=context)
+
+
+def _cell_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "__iter__"):
+        return "|".join(str(v) for v in value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------- trainer callback
+
+
+class MlflowCallback:
+    """Trainer callback (see :class:`memeops.training.trainer.Callback`) logging to an MLflow run.
+
+    * ``on_epoch_end``: every numeric metric of the epoch with ``step=epoch`` (1-based), names made
+      MLflow-safe by :func:`metric_name`. The trainer may re-report an epoch after a crash; MLflow
+      keeps both points and shows the latest, which is the same value.
+    * ``on_fit_start``: when training resumed from a checkpoint, replays the finished epochs so a
+      fresh run still has the whole curve, and tags ``memeops.resumed_from``.
+    * ``on_fit_end``: ``best/epoch``, ``best/<monitor>``, ``fit/*`` summary metrics; with
+      ``log_artifacts`` also ``history.csv`` and ``training_curve.png`` under ``artifact_dir``.
+
+    ``run_id`` None means the run active at each call, so the callback may be built before
+    :func:`tracked_run` starts.
+    """
+
+    def __init__(
+        self, run_id: str | None = None, *, log_artifacts: bool = True, artifact_dir: str = "training"
+    ):
+        self.run_id = run_id
+        self.log_artifacts = log_artifacts
+        self.artifact_dir = artifact_dir
+
+    def _run_id(self) -> str:
+        import mlflow
+
+        if self.run_id:
+            return self.run_id
+        active = mlflow.active_run()
+        if active is None:
+            raise RuntimeError("MlflowCallback: no run_id given and no active MLflow run (use tracked_run)")
+        return active.info.run_id
+
+    def _log(self, metrics: Mapping[str, Any], step: int) -> None:
+        import time
+
+        import mlflow
+        from mlflow.entities import Metric
+
+        flat = flatten_metrics(metrics)
+        if not flat:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(key=k, value=v, timestamp=now, step=step) for k, v in flat.items()]
+        mlflow.MlflowClient().log_batch(self._run_id(), metrics=batch, synchronous=True)
+
+    def on_fit_start(self, resumed_from: int | None, history: list[dict[str, float]]) -> None:
+        if not resumed_from:
+            return
+        import mlflow
+
+        mlflow.MlflowClient().set_tag(self._run_id(), "memeops.resumed_from", str(resumed_from))
+        for i, record in enumerate(history, start=1):
+            epoch = int(record.get("epoch", i))
+            self._log({k: v for k, v in record.items() if k != "epoch"}, epoch)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self._log(metrics, epoch)
+
+    def on_fit_end(self, result: FitResult) -> None:
+        summary = {
+            "best/epoch": result.best_epoch,
+            f"best/val/{result.monitor}": result.best_value,
+            "fit/epochs_run": result.epochs_run,
+            "fit/stopped_early": result.stopped_early,
+            "fit/train_samples_per_s": result.train_samples_per_s,
+        }
+        self._log(summary, result.epochs_run)
+        if self.log_artifacts and result.history:
+            self._log_history_artifacts(result)
+
+    def _log_history_artifacts(self, result: FitResult) -> None:
+        import tempfile
+
+        import mlflow
+
+        from memeops.tracking.plots import plot_training_curve, write_history_csv
+
+        with tempfile.TemporaryDirectory(prefix="memeops-history-") as tmp:
+            write_history_csv(result.history, Path(tmp) / "history.csv")
+            plot_training_curve(result.history, f"val/{result.monitor}", Path(tmp) / "training_curve.png")
+            mlflow.MlflowClient().log_artifacts(self._run_id(), tmp, artifact_path=self.artifact_dir)

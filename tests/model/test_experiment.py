@@ -1,0 +1,112 @@
+"""Stage-train library: config merging, the checkpoint fingerprint, select-on-val / score-test-once,
+bootstrap intervals, and the fast metric forms against sklearn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import f1_score, roc_auc_score
+
+from memeops.data.features import FeatureStore, _write_index, _write_shard, content_key
+from memeops.evaluation.metrics import fast_binary_auroc, fast_macro_f1
+from memeops.training import experiment as ex
+from memeops.training.experiment import TrainStageConfig, run_dir_for, train_variant
+
+DIM = 8
+VARIANTS = {"gatedclip": {"model": "gatedclip", "config": {"hidden": 16, "proj_dim": 8, "gate_hidden": 4,
+                                                            "cls_hidden": 8}},
+            "text_only": {"model": "text_only", "config": {"hidden": 8}, "trainer": {"lr": 0.01, "seed": 5}}}
+
+
+def _cfg(**trainer: object) -> TrainStageConfig:
+    return TrainStageConfig.model_validate({
+        "tasks": ["hateful", "sentiment"], "seed": 3, "bootstrap_samples": 30, "variants": VARIANTS,
+        "trainer": {"epochs": 3, "warmup_epochs": 1, "batch_size": 16, "patience": 5, "monitor": "mean/macro_f1",
+                    **trainer},
+    })  # fmt: skip
+
+
+def test_trainer_config_merges_stage_seed_shared_settings_and_variant_overrides() -> None:
+    cfg = _cfg(lr=0.002)
+    gated = cfg.trainer_config("gatedclip")
+    assert (gated.lr, gated.seed, gated.epochs) == (0.002, 3, 3)
+    text = cfg.trainer_config("text_only")
+    assert (text.lr, text.seed) == (0.01, 5)
+
+
+def test_unknown_variant_and_task_fail_with_one_line() -> None:
+    with pytest.raises(ValueError, match="unknown variant 'nope'"):
+        _cfg().variant("nope")
+    with pytest.raises(ValueError, match="unknown tasks"):
+        TrainStageConfig.model_validate({"tasks": ["hatefull"], "variants": VARIANTS})
+
+
+def test_run_dir_changes_with_data_or_features_not_otherwise(tmp_path: Path) -> None:
+    base = {"data": "aa", "features": "clip-1", "variant": {"model": "x"}}
+    assert run_dir_for(tmp_path, "v", base) == run_dir_for(tmp_path, "v", dict(base))
+    assert run_dir_for(tmp_path, "v", base) != run_dir_for(tmp_path, "v", {**base, "data": "bb"})
+    assert run_dir_for(tmp_path, "v", base) != run_dir_for(tmp_path, "v", {**base, "features": "clip-2"})
+
+
+def test_fast_metrics_equal_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n, labels = int(rng.integers(5, 60)), int(rng.integers(2, 6))
+        y, pred = rng.integers(0, labels, n), rng.integers(0, labels, n)
+        assert fast_macro_f1(pred, y, labels) == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
+        scores, yb = rng.integers(0, 5, n) / 4, rng.integers(0, 2, n)  # ties on purpose
+        if len(set(yb)) == 2:
+            assert fast_binary_auroc(scores, yb) == pytest.approx(roc_auc_score(yb, scores))
+    assert np.isnan(fast_binary_auroc(np.ones(4), np.ones(4)))
+
+
+def _store(tmp_path: Path, n: int = 160) -> tuple[pd.DataFrame, FeatureStore]:
+    """A meme table whose hateful label is a cross-modal rule on cached random features."""
+    rng = np.random.default_rng(0)
+    image, text = rng.normal(size=(n, DIM)).astype(np.float32), rng.normal(size=(n, DIM)).astype(np.float32)
+    hateful = np.where((image[:, 0] > 0) == (text[:, 0] > 0), "yes", "no")
+    sentiment = np.array(["positive", "negative", "neutral"])[rng.integers(0, 3, n)]
+    splits = np.array(["train"] * 100 + ["val"] * 20 + ["test"] * 20 + ["test_unseen"] * 20)
+    memes = pd.DataFrame({"meme_id": [f"m{i}" for i in range(n)], "split": splits, "text": [f"t{i}" for i in range(n)],
+                          "image_sha256": [f"{i:064x}" for i in range(n)], "label_hateful": hateful,
+                          "label_sentiment": sentiment})  # fmt: skip
+    folder = tmp_path / "features" / "spec"
+    folder.mkdir(parents=True)
+    keys = [content_key(s, t) for s, t in zip(memes["image_sha256"], memes["text"])]
+    arrays = {"image": torch.from_numpy(image), "image_flip": torch.from_numpy(image.copy()), "text": torch.from_numpy(text)}
+    shard = _write_shard(folder, keys, arrays, "spec")
+    _write_index(folder, {k: (shard, i) for i, k in enumerate(keys)}, "spec", DIM)
+    return memes, FeatureStore(tmp_path / "features", "spec")
+
+
+def test_train_variant_selects_on_val_and_scores_each_eval_split_once(tmp_path: Path, monkeypatch) -> None:
+    memes, store = _store(tmp_path)
+    scored: list[int] = []
+    real_predict = ex.predict
+
+    def counting_predict(model, dataset, specs, **kw):  # noqa: ANN001, ANN003, ANN202
+        scored.append(len(dataset))
+        return real_predict(model, dataset, specs, **kw)
+
+    fit_sets: list[tuple[int, int]] = []
+    real_fit = ex.fit
+
+    def recording_fit(model, train_set, val_set, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        fit_sets.append((len(train_set), len(val_set)))
+        return real_fit(model, train_set, val_set, *a, **kw)
+
+    monkeypatch.setattr(ex, "predict", counting_predict)
+    monkeypatch.setattr(ex, "fit", recording_fit)
+    result = train_variant("gatedclip", memes, store, DIM, _cfg(), tmp_path / "run")
+    assert fit_sets == [(100, 20)]  # fit never sees a test split
+    assert scored == [20, 20, 20]  # val, test, test_unseen: once each, after fit
+    report = result.report()
+    assert set(report) >= {"val", "test", "test_unseen", "ci95", "best_epoch", "primary_metric"}
+    low, high = report["ci95"]["test"]["hateful/auroc"]
+    assert 0.0 <= low <= report["test"]["hateful/auroc"] <= high <= 1.0
+    assert report["primary_metric"] == {"hateful": "auroc", "sentiment": "macro_f1"}
+    assert "val" not in report["ci95"]  # intervals describe the test report only
