@@ -36,7 +36,7 @@ test-fast: install
 	$(RUNTIME_ENV) && pytest -m "not slow"
 
 bench: install
-	$(RUNTIME_ENV) && python -m benchmarks.train_epoch
+	$(RUNTIME_ENV) && python -m benchmarks.train_epoch && python -m benchmarks.encoder_probe
 
 ui: install
 	$(RUNTIME_ENV) && MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server \

@@ -22,14 +22,15 @@ from memeops.data.consolidate import read_memes
 from memeops.data.features import FeatureConfig, FeatureDataset, FeatureStore, image_paths
 from memeops.models.clip import ClipEncoderConfig, load_clip, resolve_encoder_config
 from memeops.models.factory import build_model, model_config_class
+from memeops.threads import torch_threads
 from memeops.training.experiment import TrainStageConfig, trainable_specs
 from memeops.training.seeding import make_generator, seed_everything
-from memeops.training.trainer import compute_loss, intra_op_threads, make_optimizer
+from memeops.training.trainer import compute_loss, make_optimizer
 
 VARIANT = "gatedclip"
 
 
-def _epoch(model, optimizer, loader, specs, features_of) -> tuple[float, int]:  # noqa: ANN001
+def _epoch(model, optimizer, loader, specs, features_of) -> tuple[float, int]:
     """One pass; ``features_of(batch)`` supplies ``image_emb``/``text_emb``. Returns (seconds, samples)."""
     model.train()
     start, seen = time.perf_counter(), 0
@@ -64,7 +65,7 @@ def main() -> dict:
         return {"image_emb": encoder.encode_images(images), "text_emb": encoder.encode_texts([texts[r] for r in rows])}
 
     results = {}
-    with intra_op_threads(trainer_cfg.threads):
+    with torch_threads(trainer_cfg.threads):
         for mode, features_of in (("cached", lambda batch: {}), ("recomputed", recompute)):
             seed_everything(trainer_cfg.seed)
             model = build_model(variant.model, model_cfg, specs)

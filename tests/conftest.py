@@ -17,12 +17,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
 _STATE = Path(tempfile.mkdtemp(prefix="memeops-test-state-"))
 
-from memeops import runtime  # noqa: E402  (must follow the state dir choice)
+from memeops import runtime
 
 runtime.configure(_STATE, override_state=True)
 
 sys.path.insert(0, str(NETGUARD_DIR))
-import netguard  # noqa: E402
+import netguard
 
 netguard.install()
 

@@ -28,7 +28,7 @@ class SplitFractions(_Strict):
     test: float = 0.15
 
     @model_validator(mode="after")
-    def _sums_to_one(self) -> "SplitFractions":
+    def _sums_to_one(self) -> SplitFractions:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"split fractions must sum to 1, got {total:.4f}")

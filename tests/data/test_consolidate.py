@@ -17,7 +17,14 @@ import pytest
 from PIL import Image
 
 from memeops.config import ConsolidateConfig, LeakageConfig, SourceConfig, SplitFractions
-from memeops.data.consolidate import _Pending, assign_splits, build_datasheet, consolidate, write_outputs, read_memes
+from memeops.data.consolidate import (
+    _Pending,
+    assign_splits,
+    build_datasheet,
+    consolidate,
+    read_memes,
+    write_outputs,
+)
 from memeops.data.records import RawMeme, SourceError
 from memeops.data.taxonomy import load_taxonomy
 

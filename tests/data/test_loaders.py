@@ -774,7 +774,7 @@ def test_undecodable_csv_is_source_error(tmp_path: Path) -> None:
     write_csv(tmp_path / "PrideMM.csv", [["name", "hate", "target", "stance", "humour", "split", "text"],
                                          ["img_1.png", "1", "0", "0", "0", "train", "x"]])
     src = source("pridemm", tmp_path, encoding="ascii")
-    (tmp_path / "PrideMM.csv").write_bytes((tmp_path / "PrideMM.csv").read_bytes() + "é\r\n".encode("utf-8"))
+    (tmp_path / "PrideMM.csv").write_bytes((tmp_path / "PrideMM.csv").read_bytes() + "é\r\n".encode())
     with pytest.raises(SourceError, match="encoding"):
         load(src)
 

@@ -88,14 +88,14 @@ def test_train_variant_selects_on_val_and_scores_each_eval_split_once(tmp_path: 
     scored: list[int] = []
     real_predict = ex.predict
 
-    def counting_predict(model, dataset, specs, **kw):  # noqa: ANN001, ANN003, ANN202
+    def counting_predict(model, dataset, specs, **kw):
         scored.append(len(dataset))
         return real_predict(model, dataset, specs, **kw)
 
     fit_sets: list[tuple[int, int]] = []
     real_fit = ex.fit
 
-    def recording_fit(model, train_set, val_set, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def recording_fit(model, train_set, val_set, *a, **kw):
         fit_sets.append((len(train_set), len(val_set)))
         return real_fit(model, train_set, val_set, *a, **kw)
 

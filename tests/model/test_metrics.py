@@ -134,7 +134,7 @@ def test_bootstrap_ci_degenerate_cases() -> None:
     probs = one_hot_probs([0, 1, 1, 0], 2)
     targets = np.array([0, 1, 1, 0])
     assert bootstrap_ci(accuracy, probs, targets, n_boot=50) == (1.0, 1.0)
-    auroc = lambda p, t: task_metrics(p, t, BINARY)["auroc"]  # noqa: E731
+    auroc = lambda p, t: task_metrics(p, t, BINARY)["auroc"]
     assert all(math.isnan(v) for v in bootstrap_ci(auroc, probs, np.ones(4, dtype=int), n_boot=20))
 
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # the shared helper, whatever pytest's import mode
-from _resume_script import SPECS, SyntheticMemes, TinyModel  # noqa: E402
+from _resume_script import SPECS, SyntheticMemes, TinyModel
+
 from memeops.training import (
     TrainConfig,
     fit,

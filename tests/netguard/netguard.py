@@ -60,7 +60,7 @@ def install() -> None:
         check(self, address)
         return real_connect_ex(self, address)
 
-    def getaddrinfo(host, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def getaddrinfo(host, *args, **kwargs):
         name = host.decode() if isinstance(host, bytes) else host
         if name is not None and not _is_loopback(name):
             _record(f"resolve {name!r}")

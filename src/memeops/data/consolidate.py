@@ -329,7 +329,7 @@ def build_datasheet(result: ConsolidationResult, taxonomy: Taxonomy) -> dict[str
         tasks[task.name] = per_split
     within_split_dupes = int(df.duplicated(subset=["split", "image_sha256"]).sum()) if len(df) else 0
     return {
-        "total": {"read": sum(c.read for c in result.counts.values()), "kept": int(len(df)),
+        "total": {"read": sum(c.read for c in result.counts.values()), "kept": len(df),
                   "quarantined": len(result.quarantine)},
         "sources": {name: asdict(c) for name, c in result.counts.items()},
         "splits": {str(k): int(v) for k, v in df["split"].value_counts().sort_index().items()},
@@ -383,8 +383,7 @@ def write_outputs(result: ConsolidationResult, sheet: dict[str, Any], out_dir: P
     pq.write_table(table, out_dir / "memes.parquet")
     entries = sorted((asdict(q) for q in result.quarantine), key=lambda q: (q["source"], q["location"], q["field"]))
     with open(out_dir / "quarantine.jsonl", "w", encoding="utf-8") as fh:
-        for entry in entries:
-            fh.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+        fh.writelines(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n" for entry in entries)
     (reports_dir / "datasheet.json").write_text(json.dumps(sheet, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     (reports_dir / "datasheet.md").write_text(datasheet_markdown(sheet), encoding="utf-8")
 

@@ -184,9 +184,9 @@ def _md(text: str) -> str:
 class Suites(NamedTuple):
     """One expectation suite per batch."""
 
-    memes: "ExpectationSuite"
-    label_elements: "ExpectationSuite"
-    class_counts: "ExpectationSuite"
+    memes: ExpectationSuite
+    label_elements: ExpectationSuite
+    class_counts: ExpectationSuite
 
 
 def build_suite(taxonomy: Taxonomy, cfg: ValidateConfig, leakage_policy: str) -> Suites:

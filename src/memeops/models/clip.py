@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from torch import Tensor, nn
 
 from memeops.models.text_tokenizer import CorpusTokenizer
+from memeops.threads import torch_threads  # noqa: F401  (re-exported: feature extraction, pretraining)
 
 TINY_ARCH = "memeops-tiny"
 OPEN_CLIP_VOCAB = 49408  # open_clip's SimpleTokenizer
@@ -239,7 +240,7 @@ def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return {(k.removeprefix("module.")): v for k, v in obj.items()}
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -337,16 +338,6 @@ def _load_pretrained_tag(cfg: ClipEncoderConfig) -> tuple[nn.Module, Path]:
     return model, path
 
 
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` intra-op threads (0: unchanged), then restore the previous count."""
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 

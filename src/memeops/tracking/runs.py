@@ -126,27 +126,15 @@ def git_commit(root: str | Path | None = None) -> str:
     from taking the index lock while someone else is using the worktree."""
     cwd = Path(root) if root else find_project_root()
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    def git(*args: str, timeout: int) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], check=False, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            check=False,
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        head = git("rev-parse", "HEAD", timeout=10)
         if head.returncode != 0:
             return "unknown"
-        status = subprocess.run(
-            ["git", "status", "--porcelain"],
-            check=False,
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        status = git("status", "--porcelain", timeout=30)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     commit = head.stdout.strip() or "unknown"

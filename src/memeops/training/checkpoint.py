@@ -154,9 +154,7 @@ def _discard_pending(directory: Path, keep_epoch: int | None = None) -> None:
     """Delete pending files (and stray temp files) except those of ``keep_epoch``."""
     for path in directory.iterdir():
         match = _PENDING.match(path.name)
-        if match and int(match["epoch"]) != keep_epoch:
-            path.unlink(missing_ok=True)
-        elif path.name.startswith(".") and path.name.endswith(".tmp"):
+        if match and int(match["epoch"]) != keep_epoch or path.name.startswith(".") and path.name.endswith(".tmp"):
             path.unlink(missing_ok=True)
 
 

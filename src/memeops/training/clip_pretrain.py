@@ -49,10 +49,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from pydantic import BaseModel, ConfigDict
 from safetensors.torch import save_file
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Dataset

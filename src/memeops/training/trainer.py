@@ -29,8 +29,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from memeops.evaluation.metrics import Predictions, all_metrics
 from memeops.models.base import ModelOutput, TaskSpec, masked_task_loss, probabilities
+from memeops.threads import torch_threads
 from memeops.training import checkpoint as ckpt
 from memeops.training.seeding import make_generator, seed_everything
 
@@ -459,23 +460,6 @@ def _notify(callbacks: Sequence[object], hook: str, *args: Any) -> None:
             method(*args)
 
 
-@contextmanager
-def intra_op_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (0: unchanged), then restore the count.
-
-    Why 1 by default: the heads trained here are tiny (~0.35M parameters, batches of 64), and on a
-    shared 2-core machine OpenMP barriers stall whenever another process holds a core; measured
-    there, a GatedCLIP epoch took ~2 s with 2 threads under load and far less with 1.
-    """
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def fit(
     model: nn.Module,
     train_set: Dataset,
@@ -496,7 +480,8 @@ def fit(
     finished run just returns its result); a mismatching checkpoint is ignored and overwritten.
     There is deliberately no test-set argument: see the module docstring.
     """
-    with intra_op_threads(cfg.threads):
+    # 1 thread by default: see memeops.threads (tiny heads; OpenMP stalls on a shared 2-core box)
+    with torch_threads(cfg.threads):
         return _fit(model, train_set, val_set, specs, cfg, run_dir, callbacks, collate_fn, resume)
 
 

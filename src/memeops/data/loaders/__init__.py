@@ -20,8 +20,8 @@ Loader = Callable[[SourceConfig, Taxonomy], Iterator[LoaderItem]]
 def _registry() -> dict[str, Loader]:
     # Imported lazily so that one broken optional dependency cannot take down every format.
     from memeops.data.loaders import (
-        hateful_memes,
         harmeme,
+        hateful_memes,
         mami,
         memelens,
         memotion,

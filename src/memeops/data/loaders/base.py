@@ -36,20 +36,20 @@ from memeops.data.records import Label, Quarantined, RawMeme, SourceError
 from memeops.data.taxonomy import MappingError, Taxonomy
 
 __all__ = [
-    "index_truth_rows",
-    "present_files",
+    "DEFAULT_ENCODINGS",
     "CsvRow",
     "CsvTable",
-    "DEFAULT_ENCODINGS",
     "RowLabels",
     "SeenIds",
     "as_code",
+    "index_truth_rows",
     "is_blank",
     "join_image",
     "meme",
     "missing_field",
     "norm_col",
     "option",
+    "present_files",
     "read_jsonl",
     "read_table",
     "relpath",
@@ -164,7 +164,7 @@ def present_files(source: SourceConfig, root: Path, files: dict[str, str]) -> li
     return present
 
 
-def index_truth_rows(rows: Iterable["CsvRow"], key_column: str) -> tuple[dict[str, "CsvRow"], list[Quarantined]]:
+def index_truth_rows(rows: Iterable[CsvRow], key_column: str) -> tuple[dict[str, CsvRow], list[Quarantined]]:
     """Ground-truth rows by name; unnamed and repeated rows come back as Quarantined entries."""
     truth: dict[str, CsvRow] = {}
     leftovers: list[Quarantined] = []
@@ -200,7 +200,7 @@ class SeenIds:
         self._first[native_id] = location
         return None
 
-    def claim(self, row: "CsvRow", column: str, prefix: str = "") -> "str | Quarantined":
+    def claim(self, row: CsvRow, column: str, prefix: str = "") -> str | Quarantined:
         """The row's id from ``column`` (``prefix`` + stripped name), or the Quarantined entry for a
         blank name or a repeated id. Image-named CSV formats share this first step."""
         name = row.get(column)

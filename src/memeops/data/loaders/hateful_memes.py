@@ -18,13 +18,13 @@ from typing import Any
 
 from memeops.config import SPLITS, SourceConfig
 from memeops.data.loaders.base import (
-    present_files,
     RowLabels,
     SeenIds,
     is_blank,
     meme,
     missing_field,
     option,
+    present_files,
     read_jsonl,
     source_error,
     source_root,

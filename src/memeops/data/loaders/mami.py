@@ -24,10 +24,10 @@ from pathlib import Path
 
 from memeops.config import SourceConfig
 from memeops.data.loaders.base import (
-    index_truth_rows,
     CsvRow,
     RowLabels,
     SeenIds,
+    index_truth_rows,
     join_image,
     meme,
     option,

@@ -32,11 +32,11 @@ from pathlib import Path
 
 from memeops.config import SourceConfig
 from memeops.data.loaders.base import (
-    index_truth_rows,
     CsvRow,
     RowLabels,
     SeenIds,
     as_code,
+    index_truth_rows,
     is_blank,
     join_image,
     meme,

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 from memeops.config import SourceConfig
 from memeops.data.loaders.base import (
-    present_files,
     RowLabels,
     SeenIds,
     is_blank,
@@ -22,6 +21,7 @@ from memeops.data.loaders.base import (
     meme,
     missing_field,
     option,
+    present_files,
     read_table,
     source_root,
 )

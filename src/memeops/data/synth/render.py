@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from memeops.data.synth.world import (
     PROPS,
-    class_id,
     cjk_font_path,
+    class_id,
     emoji_font_path,
     emoji_for,
     latin_font_path,
