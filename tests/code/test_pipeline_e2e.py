@@ -27,7 +27,7 @@ TINY_PARAMS = {
     "encoders": {"clip": {"image_size": 64, "embed_dim": 64}},
     "train": {"trainer": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "bootstrap_samples": 20},
 }
-VARIANTS = ("gatedclip", "text_only", "image_only", "average", "concat", "align", "cross")
+VARIANTS = ("gatedclip", "gatedclip_mt", "text_only", "image_only", "average", "concat", "align", "cross")
 
 
 def _deep_update(base: dict, extra: dict) -> dict:

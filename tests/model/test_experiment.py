@@ -110,3 +110,37 @@ def test_train_variant_selects_on_val_and_scores_each_eval_split_once(tmp_path: 
     assert 0.0 <= low <= report["test"]["hateful/auroc"] <= high <= 1.0
     assert report["primary_metric"] == {"hateful": "auroc", "sentiment": "macro_f1"}
     assert "val" not in report["ci95"]  # intervals describe the test report only
+
+
+def test_variant_task_override_is_checked_and_used() -> None:
+    cfg = TrainStageConfig.model_validate({"tasks": ["hateful", "sentiment"], "variants": {
+        "g": {"model": "gatedclip", "tasks": ["hateful"]}, "t": {"model": "text_only"}}})  # fmt: skip
+    assert cfg.tasks_for("g") == ["hateful"] and cfg.tasks_for("t") == ["hateful", "sentiment"]
+    bad = TrainStageConfig.model_validate({"tasks": ["hateful"], "variants": {"g": {"model": "gatedclip",
+                                                                                   "tasks": ["nope"]}}})  # fmt: skip
+    with pytest.raises(ValueError, match="unknown tasks"):
+        bad.tasks_for("g")
+
+
+def test_finished_checkpoint_is_cleared_interrupted_one_kept(tmp_path: Path) -> None:
+    import json
+
+    from memeops.training.experiment import clear_finished_run
+
+    for name, state, cleared in (("done", {"epoch": 5, "stopped_early": False}, True),
+                                 ("early", {"epoch": 2, "stopped_early": True}, True),
+                                 ("killed", {"epoch": 2, "stopped_early": False}, False)):  # fmt: skip
+        run = tmp_path / name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "state.json").write_text(json.dumps(state))
+        assert clear_finished_run(run, epochs=5) is cleared
+        assert run.exists() is not cleared
+    assert clear_finished_run(tmp_path / "absent", epochs=5) is False
+
+
+def test_gatedclip_report_carries_gate_statistics(tmp_path: Path) -> None:
+    memes, store = _store(tmp_path)
+    report = train_variant("gatedclip", memes, store, DIM, _cfg(), tmp_path / "run").report()
+    assert set(report["gate"]) == {"val", "test", "test_unseen"}
+    assert 0.0 <= report["gate"]["test"]["mean"] <= 1.0
+    assert "gate" not in train_variant("text_only", memes, store, DIM, _cfg(), tmp_path / "run2").report()

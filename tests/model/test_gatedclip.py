@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from memeops.models.base import TaskSpec, count_trainable
+from memeops.models.base import TaskSpec, count_trainable, normalise_inputs
 from memeops.models.gatedclip import GatedCLIP, GatedCLIPConfig
 
 SPECS = [
@@ -48,8 +48,9 @@ def test_forward_shapes_gate_and_aux():
 def test_aux_loss_is_weighted_cosine_distance_of_projections():
     model, batch = _model(align_weight=0.5), _batch()
     out = model(batch)
+    scaled = normalise_inputs(batch, model.config.input_norm)  # the projections see rescaled inputs
     with torch.no_grad():
-        h_i, h_t = model.image_proj(batch["image_emb"]), model.text_proj(batch["text_emb"])
+        h_i, h_t = model.image_proj(scaled["image_emb"]), model.text_proj(scaled["text_emb"])
     expected = 0.5 * (1 - F.cosine_similarity(h_i, h_t, dim=-1)).mean()
     torch.testing.assert_close(out.aux_loss, expected)
 
@@ -127,3 +128,12 @@ def test_config_is_frozen_and_strict():
         GatedCLIPConfig(hiden=128)
     with pytest.raises(ValidationError):
         GatedCLIPConfig().hidden = 1
+
+
+def test_unit_variance_inputs_are_scale_free_and_switchable() -> None:
+    v = torch.randn(4, 64)
+    batch = {"image_emb": v, "text_emb": 3 * v, "targets": {}}
+    out = normalise_inputs(batch, "unit_variance")
+    torch.testing.assert_close(out["image_emb"], out["text_emb"])  # the encoder's norm does not matter
+    torch.testing.assert_close(out["image_emb"].norm(dim=-1), torch.full((4,), 8.0))  # sqrt(64)
+    assert normalise_inputs(batch, "none") is batch and batch["text_emb"] is not out["text_emb"]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import Tensor, nn
 
-from memeops.models.base import ModelOutput, MultiTaskHeads, TaskSpec
+from memeops.models.base import InputNorm, ModelOutput, MultiTaskHeads, TaskSpec, normalise_inputs
 
 
 class BaselineConfig(BaseModel):
@@ -32,6 +32,7 @@ class BaselineConfig(BaseModel):
     text_dim: int = 512
     hidden: int = 128
     dropout: float = 0.3
+    input_norm: InputNorm = "unit_variance"  # as GatedCLIP: see memeops.models.base.normalise_inputs
 
 
 class TextOnlyConfig(BaselineConfig):
@@ -80,6 +81,7 @@ class _FeatureClassifier(nn.Module):
         raise NotImplementedError
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
+        batch = normalise_inputs(batch, self.config.input_norm)
         return ModelOutput(logits=self.heads(self.trunk(self.features(batch))))
 
 

@@ -14,6 +14,9 @@ Ablation switches (config): ``fusion`` = "gate" | "fixed" (g ≡ 0.5, no gate pa
 "concat" (classifier sees [h_I; h_T], no gate); ``projection=False`` feeds the CLIP embeddings
 straight into fusion (no projection heads, so the fused width is ``image_dim``); ``align=False``
 drops the alignment term (``aux_loss`` is None).
+
+Inputs: ``input_norm="unit_variance"`` (default) rescales the (unit-norm) cached embeddings to unit
+variance per dimension first; no parameters, see :func:`memeops.models.base.normalise_inputs`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import Tensor, nn
 
-from memeops.models.base import ModelOutput, MultiTaskHeads, TaskSpec
+from memeops.models.base import InputNorm, ModelOutput, MultiTaskHeads, TaskSpec, normalise_inputs
 
 
 class GatedCLIPConfig(BaseModel):
@@ -45,6 +48,7 @@ class GatedCLIPConfig(BaseModel):
     fusion: Literal["gate", "fixed", "concat"] = "gate"
     projection: bool = True
     align: bool = True
+    input_norm: InputNorm = "unit_variance"  # see memeops.models.base.normalise_inputs
 
     @model_validator(mode="after")
     def _raw_fusion_needs_equal_dims(self) -> GatedCLIPConfig:
@@ -116,6 +120,7 @@ class GatedCLIP(nn.Module):
         return gc * h_i + (1.0 - gc) * h_t, g
 
     def forward(self, batch: dict[str, Tensor]) -> ModelOutput:
+        batch = normalise_inputs(batch, self.config.input_norm)
         h_i = self.image_proj(batch["image_emb"])  # [B, D]
         h_t = self.text_proj(batch["text_emb"])  # [B, D]
         h, g = self.fuse(h_i, h_t)

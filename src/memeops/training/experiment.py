@@ -62,6 +62,7 @@ class VariantConfig(BaseModel):
     model: str
     config: dict[str, Any] = Field(default_factory=dict)
     trainer: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[str] | None = None  # None: the stage's train.tasks
 
 
 class TrainStageConfig(BaseModel):
@@ -92,6 +93,11 @@ class TrainStageConfig(BaseModel):
         if name not in self.variants:
             raise ValueError(f"unknown variant {name!r}; train.variants has: {', '.join(self.variants)}")
         return self.variants[name]
+
+    def tasks_for(self, name: str) -> list[str]:
+        """The variant's own task list when it sets one (checked against the taxonomy), else ``tasks``."""
+        tasks = self.variant(name).tasks
+        return self._known_tasks(tasks) if tasks is not None else self.tasks
 
     def trainer_config(self, name: str) -> TrainConfig:
         """Shared trainer settings, the variant's overrides, and the stage seed (unless overridden)."""
@@ -169,7 +175,18 @@ class VariantResult:
             **{split: _rounded(m) for split, m in self.metrics.items()},
             "ci95": self.intervals,
             "dropped_tasks": self.dropped_tasks,
+            **({"gate": self.gate_summary()} if self.gate_summary() else {}),
         }
+
+    def gate_summary(self) -> dict[str, dict[str, float]]:
+        """Per evaluation split: mean / std of GatedCLIP's gate (1 = image, 0 = text), when exposed."""
+        out = {}
+        for split, preds in self.predictions.items():
+            g = preds.extras.get("gate")
+            if g is not None and len(g):
+                g = np.asarray(g, dtype=np.float64).reshape(-1)
+                out[split] = {"mean": round(float(g.mean()), 4), "std": round(float(g.std()), 4)}
+        return out
 
 
 def _rounded(metrics: Mapping[str, float]) -> dict[str, float | None]:
@@ -184,6 +201,24 @@ def run_dir_for(root: str | Path, variant: str, fingerprint: Mapping[str, Any]) 
     return Path(root) / variant / key
 
 
+def clear_finished_run(run_dir: Path, epochs: int) -> bool:
+    """Delete ``run_dir`` when its checkpoint is a *finished* run; keep an interrupted one.
+
+    The stage only runs when DVC saw a change (code, params, data). A finished checkpoint found then
+    belongs to an earlier version, and resuming it would silently return stale weights (the
+    trainer's config hash cannot see code changes); an unfinished one is a killed run to resume.
+    """
+    state_path = run_dir / "checkpoints" / "state.json"
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if state.get("stopped_early") or int(state.get("epoch", 0)) >= epochs:
+        shutil.rmtree(run_dir)
+        return True
+    return False
+
+
 def train_variant(
     variant: str,
     memes: pd.DataFrame,
@@ -195,9 +230,10 @@ def train_variant(
 ) -> VariantResult:
     """Fit one variant on TRAIN, select on VAL, then score every evaluation split once."""
     spec_cfg = cfg.variant(variant)
-    specs, dropped = trainable_specs(memes, cfg.tasks)
+    tasks = cfg.tasks_for(variant)
+    specs, dropped = trainable_specs(memes, tasks)
     if not specs:
-        raise ValueError(f"none of train.tasks {cfg.tasks} has a label in the train split")
+        raise ValueError(f"none of the tasks {tasks} of variant {variant!r} has a label in the train split")
     trainer_cfg = cfg.trainer_config(variant)
     model_cfg = model_config_class(spec_cfg.model).model_validate(
         {"image_dim": feature_dim, "text_dim": feature_dim, **spec_cfg.config})
@@ -277,10 +313,11 @@ def run_variant(
     variant_cfg = cfg.variant(variant)
     trainer_cfg = cfg.trainer_config(variant)
     fingerprint = {"data": digest, "features": encoder.spec_key, "variant": variant_cfg.model_dump(),
-                   "trainer": trainer_cfg.model_dump(), "tasks": cfg.tasks}  # fmt: skip
+                   "trainer": trainer_cfg.model_dump(), "tasks": cfg.tasks_for(variant)}  # fmt: skip
     run_dir = run_dir_for(work_dir, variant, fingerprint)
+    clear_finished_run(run_dir, trainer_cfg.epochs)
     params = {"variant": variant, "model": variant_cfg.model, "model_config": variant_cfg.config,
-              "trainer": trainer_cfg.model_dump(), "tasks": cfg.tasks, "encoder": encoder_cfg.model_dump(),
+              "trainer": trainer_cfg.model_dump(), "tasks": cfg.tasks_for(variant), "encoder": encoder_cfg.model_dump(),
               "feature_spec": encoder.spec_key}  # fmt: skip
     tags = {"memeops.validation_passed": _validation_passed(validation_report), "memeops.feature_spec": encoder.spec_key}
 
