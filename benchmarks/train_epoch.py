@@ -51,7 +51,7 @@ def main() -> dict:
     memes = read_memes(Path(params.data.output_dir) / "memes.parquet")
     encoder = load_clip(resolve_encoder_config(params.section("encoders.clip", ClipEncoderConfig)))
     store = FeatureStore(params.section("features", FeatureConfig).cache_dir, encoder.spec_key)
-    specs, _ = trainable_specs(memes, stage.tasks)
+    specs, _ = trainable_specs(memes, stage.tasks_for(VARIANT))
     variant = stage.variant(VARIANT)
     model_cfg = model_config_class(variant.model).model_validate(
         {"image_dim": encoder.dim, "text_dim": encoder.dim, **variant.config})

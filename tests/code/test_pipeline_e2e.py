@@ -25,7 +25,8 @@ TINY_PARAMS = {
     "validate": {"min_class_count": 1},
     "pretrain_clip": {"epochs": 1, "batch_size": 32},
     "encoders": {"clip": {"image_size": 64, "embed_dim": 64}},
-    "train": {"trainer": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "bootstrap_samples": 20},
+    "train": {"trainer": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "bootstrap_samples": 20,
+              "variants": {"gatedclip": {"trainer": {"epochs": 2, "patience": 2}}}},
 }
 VARIANTS = ("gatedclip", "gatedclip_mt", "text_only", "image_only", "average", "concat", "align", "cross")
 
