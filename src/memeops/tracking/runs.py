@@ -126,6 +126,7 @@ def git_commit(root: str | Path | None = None) -> str:
     from taking the index lock while someone else is using the worktree."""
     cwd = Path(root) if root else find_project_root()
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+
     def git(*args: str, timeout: int) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *args], check=False, cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=timeout)  # fmt: skip

@@ -116,17 +116,12 @@ def _article(name: str) -> str:
 
 def objects_alt_text(extra: str | dict | None) -> str:
     """``"with a snake, a tree"`` from ``extra["objects"]`` (order kept, duplicates once); "" if none."""
-    if isinstance(extra, str):
-        try:
-            extra = json.loads(extra)
-        except json.JSONDecodeError:
-            return ""
-    objects = (extra.get("objects") or []) if isinstance(extra, dict) else []
-    names = list(dict.fromkeys(str(o["class"]).replace("_", " ") for o in objects if o.get("class")))
+    names = _object_names(extra)
     return f"with {', '.join(_article(n) for n in names)}" if names else ""
 
 
 def _object_names(extra: str | dict | None) -> list[str]:
+    """Pictured object names from ``extra["objects"]`` (JSON or dict), order kept, duplicates once."""
     if isinstance(extra, str):
         try:
             extra = json.loads(extra)

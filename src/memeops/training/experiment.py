@@ -281,11 +281,6 @@ def _validation_passed(path: Path) -> str:
         return "unknown"
 
 
-def _split_metrics_for_mlflow(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    return {f"{split}/{k}": float(v) for split, m in metrics.items() for k, v in m.items()
-            if v is not None and not (isinstance(v, float) and math.isnan(v))}  # fmt: skip
-
-
 def run_variant(
     variant: str,
     cfg: TrainStageConfig,
@@ -332,7 +327,7 @@ def run_variant(
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         curve_csv = history_csv(result.fit.history, reports_dir / "plots" / "train" / f"{variant}.csv")
-        log_metrics(_split_metrics_for_mlflow(result.metrics))
+        log_metrics(result.metrics)  # {split: {task/metric}} -> split/task/metric
         log_metrics({"trainable_params": result.n_params})
 
         import mlflow
