@@ -13,8 +13,10 @@ from pathlib import Path
 
 from memeops.config import load_params
 from memeops.data.features import FeatureConfig
+from memeops.data.mgmcf_inputs import RegionFeaturesConfig
 from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
 from memeops.training.experiment import TrainStageConfig, run_variant
+from memeops.vision.extract import RegionsConfig
 from stages import run_stage
 
 
@@ -31,6 +33,8 @@ def main() -> int:
         memes_path=Path(params.data.output_dir) / "memes.parquet",
         feature_dir=Path(params.section("features", FeatureConfig).cache_dir),
         validation_report=Path("reports/validation.json"),
+        region_features=params.section("region_features", RegionFeaturesConfig),
+        regions=params.section("regions", RegionsConfig),
     )  # fmt: skip
     test = report.get("test", {})
     shown = ", ".join(f"{k} {v:.3f}" for k, v in test.items() if k.endswith("/auroc") and v is not None)

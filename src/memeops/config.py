@@ -70,6 +70,19 @@ class SourceConfig(BaseModel):
     format: str
     path: str
     language: str | None = None
+    ocr: Literal["off", "missing", "all"] = Field(
+        "off", description="stage ocr: off, fill only memes without text (missing), or replace every text (all)"
+    )
+
+    @field_validator("ocr", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads an unquoted `off` as False
+        if value is False:
+            return "off"
+        if value is True:
+            raise ValueError("ocr: say 'missing' or 'all' (true is ambiguous)")
+        return value
 
     @property
     def options(self) -> dict[str, Any]:
@@ -93,6 +106,7 @@ class ConsolidateConfig(_Strict):
     leakage: LeakageConfig = LeakageConfig()
     workers: int = Field(2, ge=1)
     output_dir: str = "data/consolidated"
+    ocr_texts: str = Field("data/ocr/texts.parquet", description="stage ocr's output; read only for sources with ocr on")
 
     @field_validator("sources")
     @classmethod
@@ -104,6 +118,27 @@ class ConsolidateConfig(_Strict):
         if not value:
             raise ValueError("data.sources is empty: list at least one source")
         return value
+
+
+class OcrConfig(_Strict):
+    """Stage ``ocr``: texts for sources whose ``ocr`` is on, and the CER report on SynthMeme.
+
+    The engine settings (``min_confidence``, ``det_limit_side_len``, ``space_bias``, ``join``) are
+    explained in ``memeops.data.ocr`` and docs/ocr.md.
+    """
+
+    engine: Literal["rapidocr"] = "rapidocr"
+    cer_sample: int = Field(200, ge=0, description="SynthMeme memes OCR'd (seeded sample) for the CER report")
+    cer_split: str = "test"
+    seed: int = 0
+    workers: int = Field(2, ge=1, description="OCR processes")
+    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per process")
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="text lines scored below this are dropped")
+    det_limit_side_len: int = Field(512, ge=32, description="detector input: shorter side scaled up to at least this")
+    space_bias: float = Field(30.0, ge=1.0, description="multiplier on the CTC space probability (1 = off)")
+    use_cls: bool = Field(False, description="the engine's 180-degree line classifier (captions are upright)")
+    join: Literal["blocks", "lines"] = "blocks"
+    cer_output: str = "data/ocr/cer_sample.parquet"
 
 
 class ValidateConfig(_Strict):
@@ -121,6 +156,7 @@ class Params(_Strict):
     synth: SynthConfig = SynthConfig()
     data: ConsolidateConfig
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    ocr: OcrConfig = OcrConfig()
 
     # Sections whose typed config classes live beside the torch code that uses them (so that
     # importing memeops.config stays light); a stage turns them into their typed object with

@@ -26,9 +26,12 @@ TINY_PARAMS = {
     "pretrain_clip": {"epochs": 1, "batch_size": 32},
     "encoders": {"clip": {"image_size": 64, "embed_dim": 64}},
     "train": {"trainer": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "bootstrap_samples": 20,
-              "variants": {"gatedclip": {"trainer": {"epochs": 2, "patience": 2}}}},
+              "variants": {"gatedclip": {"trainer": {"epochs": 2, "patience": 2}},
+                           "mgmcf": {"trainer": {"epochs": 2, "patience": 2}}}},
+    "ocr": {"workers": 1, "cer_sample": 6},
+    "detector": {"imgsz": 64, "yolo": {"epochs": 1, "batch": 16}},
 }
-VARIANTS = ("gatedclip", "gatedclip_mt", "text_only", "image_only", "average", "concat", "align", "cross")
+VARIANTS = ("gatedclip", "gatedclip_mt", "text_only", "image_only", "average", "concat", "align", "cross", "mgmcf")
 
 
 def _deep_update(base: dict, extra: dict) -> dict:
@@ -72,6 +75,13 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     assert {"val_i2t_r1", "val_t2i_r5"} <= set(recall)
     features = json.loads((project_copy / "reports" / "metrics" / "features.json").read_text())
     assert features["computed"] == sheet["total"]["kept"] and features["cached"] == 0
+    ocr = json.loads((project_copy / "reports" / "metrics" / "ocr.json").read_text())
+    assert 0.0 <= ocr["cer"]["synthmeme"]["overall"]["cer_raw"] <= 1.0, ocr
+    detector = json.loads((project_copy / "reports" / "metrics" / "detector.json").read_text())
+    assert {"map50", "map50_95"} <= set(detector["test"]["all"]) and "at_4" in detector["test"]["key_recall"], detector
+    regions = json.loads((project_copy / "reports" / "metrics" / "regions.json").read_text())
+    assert regions["images"] == len({*sheet["splits"]}) or regions["images"] > 0
+    assert set(regions["views"]) >= {"detector", "grid"}
 
     for variant in VARIANTS:
         report = json.loads((project_copy / "reports" / "metrics" / f"{variant}.json").read_text())
@@ -83,6 +93,11 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     rows = json.loads(predicted.stdout)
     assert len(rows) == 1 and "hateful" in json.dumps(rows)
+    # MGMCF from the registry in a fresh process: it runs the packed YOLO detector on the raw image
+    predicted = _run(["memeops", "predict", "--model", "models:/memeops-mgmcf@challenger", str(image),
+                      "--text", "my boss be like", "--json"], project_copy, env)  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert "metaphor" in json.dumps(json.loads(predicted.stdout))
 
     second = _run(["dvc", "repro"], project_copy, env)
     assert second.returncode == 0, second.stderr

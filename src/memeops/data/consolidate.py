@@ -4,8 +4,10 @@ Order of work, each step able to quarantine a row (never drop it silently):
 1. the source's loader reads rows (malformed rows, stray labels, duplicate ids);
 2. text length and cross-source id checks;
 3. image checks and hashes (path escape, missing, empty, corrupt, truncated, bombs), in parallel;
-4. a seeded, stratified split for rows without an official split;
-5. leakage across splits (exact sha256 and near pHash), per the configured policy.
+4. OCR texts (stage ``ocr``) for sources whose ``ocr`` is ``missing`` or ``all``: a meme the OCR
+   table lacks, or whose image changed since, is quarantined with the reason;
+5. a seeded, stratified split for rows without an official split;
+6. leakage across splits (exact sha256 and near pHash), per the configured policy.
 The datasheet reconciles ``read = kept + quarantined`` per source and raises if it does not.
 """
 
@@ -27,6 +29,7 @@ import pyarrow.parquet as pq
 from memeops.config import SPLITS, ConsolidateConfig, SourceConfig, SplitFractions
 from memeops.data.images import ImageInfo, ImageRejected, hamming_matrix, inspect_image
 from memeops.data.loaders import get_loader
+from memeops.data.ocr import read_texts
 from memeops.data.records import Quarantined, RawMeme, SourceError
 from memeops.data.schema import arrow_schema
 from memeops.data.taxonomy import Taxonomy, label_column
@@ -45,6 +48,9 @@ class SourceCounts:
     quarantined_by_field: dict[str, int] = field(default_factory=dict)
     split_origin: str = "official"
     stratified_by: str | None = None
+    ocr: str = "off"
+    text_from_ocr: int = 0  # kept memes whose text stage ocr filled in
+    ocr_empty: int = 0  # kept memes OCR'd (as the source asked) where it read nothing
 
 
 @dataclass
@@ -63,6 +69,7 @@ class _Pending:
     split_origin: str = "official"
     leak_of: str | None = None
     leak_kind: str | None = None
+    ocr_filled: bool = False
 
     @property
     def meme_id(self) -> str:
@@ -138,6 +145,64 @@ def _check_images(rows: list[_Pending], cfg: ConsolidateConfig, root: Path) -> t
             bad.append(_quarantine(row, "image", result, row.raw.image))
         else:
             row.image = result
+            ok.append(row)
+    return ok, bad
+
+
+def _load_ocr_texts(cfg: ConsolidateConfig, root: Path) -> pd.DataFrame | None:
+    """Stage ocr's table when a source asks for OCR texts; a one-line SourceError when it is absent."""
+    asking = [s for s in cfg.sources if s.ocr != "off"]
+    if not asking:
+        return None
+    path = root / cfg.ocr_texts
+    if not path.is_file():
+        s = asking[0]
+        raise SourceError(f"source {s.name!r} ({s.format}): ocr: {s.ocr} needs stage ocr's texts at {cfg.ocr_texts}, "
+                          "which do not exist (run python -m stages.ocr first)")
+    return read_texts(path)
+
+
+def _apply_ocr(rows: list[_Pending], source: SourceConfig, texts: pd.DataFrame | None,
+               cfg: ConsolidateConfig) -> tuple[list[_Pending], list[Quarantined]]:
+    """Fill (``ocr: missing``: only blank texts) or replace (``ocr: all``) texts from stage ocr.
+
+    The OCR entry must exist and match the image consolidation hashed; otherwise the meme is
+    quarantined (field ``text``) with the reason, never kept with a text it should not have.
+    """
+    if source.ocr == "off":
+        return rows, []
+    entries: dict[str, Any] = {}
+    if texts is not None and len(texts):
+        mine = texts[texts["source"] == source.name]
+        entries = {str(e.native_id): e for e in mine.itertuples(index=False)}
+    ok: list[_Pending] = []
+    bad: list[Quarantined] = []
+    for row in rows:
+        raw = row.raw
+        if source.ocr == "missing" and (raw.text or "").strip():
+            ok.append(row)
+            continue
+        entry = entries.get(raw.native_id)
+        if entry is None:
+            bad.append(_quarantine(row, "text", f"ocr: {source.ocr} but {cfg.ocr_texts} has no entry for this meme "
+                                   "(rerun stage ocr)", raw.image))
+        elif isinstance(entry.error, str) and entry.error:
+            bad.append(_quarantine(row, "text", f"OCR could not read the image: {entry.error}", raw.image))
+        elif entry.image_sha256 != row.image.sha256:
+            bad.append(_quarantine(row, "text", f"stale OCR entry in {cfg.ocr_texts}: the image changed since stage ocr "
+                                   "read it (rerun stage ocr)", raw.image))
+        elif len(entry.ocr_text) > cfg.max_text_chars:
+            bad.append(_quarantine(row, "text", f"OCR text is {len(entry.ocr_text)} characters, over the "
+                                   f"{cfg.max_text_chars}-character limit", entry.ocr_text))
+        else:
+            note = {"engine": entry.engine, "confidence": float(entry.confidence), "mode": source.ocr}
+            if (raw.text or "").strip():
+                note["replaced_text"] = raw.text
+                note["replaced_origin"] = raw.text_origin
+            raw.text = entry.ocr_text
+            raw.text_origin = "ocr" if entry.ocr_text else "missing"
+            raw.extra = {**raw.extra, "ocr": note}
+            row.ocr_filled = True
             ok.append(row)
     return ok, bad
 
@@ -272,20 +337,29 @@ def _to_frame(rows: list[_Pending], taxonomy: Taxonomy) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def consolidate(cfg: ConsolidateConfig, taxonomy: Taxonomy, root: Path) -> ConsolidationResult:
-    """Run every source through its loader and the shared checks; nothing is lost silently."""
+def consolidate(cfg: ConsolidateConfig, taxonomy: Taxonomy, root: Path,
+                ocr_texts: pd.DataFrame | None = None) -> ConsolidationResult:
+    """Run every source through its loader and the shared checks; nothing is lost silently.
+
+    ``ocr_texts``: stage ocr's table; by default read from ``cfg.ocr_texts`` when a source asks for
+    OCR (and not read at all otherwise).
+    """
+    if ocr_texts is None:
+        ocr_texts = _load_ocr_texts(cfg, root)
     counts: dict[str, SourceCounts] = {}
     quarantine: list[Quarantined] = []
     rows: list[_Pending] = []
     seen_ids: dict[str, str] = {}
     for source in cfg.sources:
-        counts[source.name] = SourceCounts(source.name, source.format, source.path)
+        counts[source.name] = SourceCounts(source.name, source.format, source.path, ocr=source.ocr)
         loaded, bad, read = _read_source(source, taxonomy, root)
         counts[source.name].read = read
         quarantine += bad
         ok, bad = _check_rows(loaded, cfg, seen_ids)
         quarantine += bad
         ok, bad = _check_images(ok, cfg, root)
+        quarantine += bad
+        ok, bad = _apply_ocr(ok, source, ocr_texts, cfg)
         quarantine += bad
         stratified_by = assign_splits(ok, cfg.split, cfg.split_seed, taxonomy, source.name)
         if any(r.split_origin == "assigned" for r in ok):
@@ -295,7 +369,13 @@ def consolidate(cfg: ConsolidateConfig, taxonomy: Taxonomy, root: Path) -> Conso
     rows, bad, leakage = _apply_leak_policy(rows, cfg)
     quarantine += bad
     for r in rows:
-        counts[r.source.name].kept += 1
+        c = counts[r.source.name]
+        c.kept += 1
+        if r.ocr_filled:
+            if r.raw.text:
+                c.text_from_ocr += 1
+            else:
+                c.ocr_empty += 1
     for q in quarantine:
         c = counts[q.source]
         c.quarantined += 1
@@ -335,7 +415,9 @@ def build_datasheet(result: ConsolidationResult, taxonomy: Taxonomy) -> dict[str
         "splits": {str(k): int(v) for k, v in df["split"].value_counts().sort_index().items()},
         "by_source_split": {f"{s}/{sp}": int(n) for (s, sp), n in df.groupby(["source", "split"]).size().items()},
         "languages": {str(k): int(v) for k, v in df["language"].value_counts().sort_index().items()},
-        "text": {"empty": int((df["text"] == "").sum()), "origin": {str(k): int(v) for k, v in df["text_origin"].value_counts().items()}},
+        "text": {"empty": int((df["text"] == "").sum()), "origin": {str(k): int(v) for k, v in df["text_origin"].value_counts().items()},
+                 "from_ocr_stage": sum(c.text_from_ocr for c in result.counts.values()),
+                 "ocr_stage_empty": sum(c.ocr_empty for c in result.counts.values())},
         "tasks": tasks,
         "leakage": result.leakage,
         "within_split_exact_duplicates": within_split_dupes,
@@ -356,7 +438,13 @@ def datasheet_markdown(sheet: dict[str, Any]) -> str:
     lines += [f"| {k} | {v} |" for k, v in sheet["splits"].items()]
     lines += ["", "## Languages", "", "| language | memes |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sheet["languages"].items()]
-    lines += ["", f"Empty texts: {sheet['text']['empty']}.", "", "## Leakage across splits", "",
+    lines += ["", f"Empty texts: {sheet['text']['empty']}."]
+    ocr_sources = {name: c for name, c in sheet["sources"].items() if c.get("ocr", "off") != "off"}
+    if ocr_sources:
+        lines += ["", "Texts from stage ocr: " + "; ".join(
+            f"{name} (ocr: {c['ocr']}): {c['text_from_ocr']} filled, {c['ocr_empty']} read nothing"
+            for name, c in ocr_sources.items()) + "."]
+    lines += ["", "## Leakage across splits", "",
               f"Policy `{sheet['leakage']['policy']}`; exact duplicates {sheet['leakage']['exact']}, "
               f"near duplicates (pHash distance <= {sheet['leakage']['phash_max_distance']}) {sheet['leakage']['near']}; "
               f"exact duplicates within a split: {sheet['within_split_exact_duplicates']}.", "",

@@ -12,6 +12,7 @@ from torch import nn
 from memeops.models import baselines as bl
 from memeops.models.base import TaskSpec
 from memeops.models.gatedclip import GatedCLIP, GatedCLIPConfig
+from memeops.models.mgmcf import MGMCF, MGMCFConfig
 
 MODEL_REGISTRY: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "gatedclip": (GatedCLIPConfig, GatedCLIP),
@@ -21,6 +22,7 @@ MODEL_REGISTRY: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "concat": (bl.ConcatConfig, bl.Concat),
     "align": (bl.AlignConfig, bl.Align),
     "cross": (bl.CrossConfig, bl.Cross),
+    "mgmcf": (MGMCFConfig, MGMCF),
 }
 
 

@@ -42,7 +42,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -79,6 +79,8 @@ REQUIREMENTS = (
     "mlflow", "torch", "torchvision", "open_clip_torch", "timm", "safetensors",
     "tokenizers", "numpy", "pandas", "pillow", "pydantic",
 )  # fmt: skip
+#: what an input encoder needs beyond REQUIREMENTS (MGMCF: the detector, HF text encoders)
+EXTRA_REQUIREMENTS: dict[str, tuple[str, ...]] = {"mgmcf": ("ultralytics", "transformers")}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -284,7 +286,16 @@ class ClipFeatureInputs:
 INPUT_ENCODERS: dict[str, type[InputEncoder]] = {ClipFeatureInputs.kind: ClipFeatureInputs}
 
 
+#: input encoders living beside their model family, imported on first use.
+LAZY_INPUT_ENCODERS: dict[str, str] = {"mgmcf": "memeops.data.mgmcf_inputs:MgmcfInputEncoder"}
+
+
 def _input_encoder(kind: str) -> type[InputEncoder]:
+    if kind not in INPUT_ENCODERS and kind in LAZY_INPUT_ENCODERS:
+        import importlib
+
+        module, name = LAZY_INPUT_ENCODERS[kind].split(":")
+        INPUT_ENCODERS[kind] = getattr(importlib.import_module(module), name)
     try:
         return INPUT_ENCODERS[kind]
     except KeyError:
@@ -432,7 +443,8 @@ def example_frame(
 
 def save_model_dir(
     directory: str | Path, head_model: nn.Module, model_name: str, model_cfg: Mapping[str, Any] | BaseModel,
-    specs: Sequence[TaskSpec], clip_dir: str | Path, *, verify: bool = True,
+    specs: Sequence[TaskSpec], clip_dir: str | Path | None, *, verify: bool = True,
+    inputs_packer: Callable[[Path], dict[str, Any]] | None = None,
 ) -> Path:  # fmt: skip
     """Write a self-contained model folder (layout in the module docstring); returns its path.
 
@@ -441,6 +453,9 @@ def save_model_dir(
     folder is assembled next to ``directory`` and renamed into place (no half-written model); an
     existing non-empty ``directory`` is refused. ``verify`` loads the result and predicts one
     example meme (catches, e.g., a head trained on a different CLIP width).
+
+    The input encoder is the CLIP in ``clip_dir`` (``clip_features``) unless ``inputs_packer`` is
+    given: ``inputs_packer(dest) -> section`` packs another family's encoder (MGMCF's) into ``dest``.
     """
     from safetensors.torch import save_model
 
@@ -468,7 +483,12 @@ def save_model_dir(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         save_model(fresh, str(staging / HEAD_FILE))
-        section = {**ClipFeatureInputs.pack(Path(clip_dir), staging / ENCODER_DIR), "dir": ENCODER_DIR}
+        if inputs_packer is not None:
+            section = {**inputs_packer(staging / ENCODER_DIR), "dir": ENCODER_DIR}
+        elif clip_dir is not None:
+            section = {**ClipFeatureInputs.pack(Path(clip_dir), staging / ENCODER_DIR), "dir": ENCODER_DIR}
+        else:
+            raise ValueError("save_model_dir needs clip_dir or inputs_packer")
         spec = {
             "format": FORMAT_VERSION,
             "memeops_version": __version__,
@@ -559,7 +579,7 @@ def log_pyfunc(
             code_paths=[str(_stage_package(Path(tmp)))],
             signature=signature,
             input_example=example,
-            pip_requirements=pinned_requirements(),
+            pip_requirements=pinned_requirements(REQUIREMENTS + EXTRA_REQUIREMENTS.get(spec["inputs"]["kind"], ())),
             registered_model_name=registered_model_name,
             # MLflow only lets load_model(model_config=...) override keys logged here: log both.
             model_config={"device": "cpu", "batch_size": 32, **(model_config or {})},

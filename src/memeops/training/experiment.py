@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,9 @@ class VariantConfig(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     trainer: dict[str, Any] = Field(default_factory=dict)
     tasks: list[str] | None = None  # None: the stage's train.tasks
+    # The model family's input settings (MGMCF: text encoder and region view; see
+    # memeops.data.mgmcf_inputs.MgmcfInputsConfig); empty for models on the CLIP feature cache.
+    inputs: dict[str, Any] = Field(default_factory=dict)
 
 
 class TrainStageConfig(BaseModel):
@@ -159,6 +162,7 @@ class VariantResult:
     intervals: dict[str, dict[str, list[float]]]  # split -> {"task/<primary>": [low, high]}
     n_params: int
     dropped_tasks: list[str] = field(default_factory=list)
+    model_config: Any = None  # the validated model config the model was built from
 
     def report(self) -> dict[str, Any]:
         """The JSON written to ``reports/metrics/<variant>.json`` (dvc metrics; nested by split)."""
@@ -219,6 +223,42 @@ def clear_finished_run(run_dir: Path, epochs: int) -> bool:
     return False
 
 
+class VariantInputs(Protocol):
+    """A model family's inputs: the config fields the data fixes, and one Dataset per split."""
+
+    def model_dims(self) -> dict[str, Any]: ...
+
+    def dataset(self, split: str, train: bool = False, generator: Any = None) -> Any: ...
+
+
+class FeatureInputs:
+    """Models on the frozen-CLIP feature cache (GatedCLIP, the baselines)."""
+
+    def __init__(self, memes: pd.DataFrame, store: FeatureStore, specs: Sequence[TaskSpec], feature_dim: int):
+        self.memes, self.store, self.specs, self.dim = memes, store, list(specs), feature_dim
+
+    def model_dims(self) -> dict[str, Any]:
+        return {"image_dim": self.dim, "text_dim": self.dim}
+
+    def dataset(self, split: str, train: bool = False, generator: Any = None) -> FeatureDataset:
+        return FeatureDataset(self.memes, self.store, self.specs, split, train=train, generator=generator)
+
+
+def variant_specs(variant: str, memes: pd.DataFrame, cfg: TrainStageConfig) -> tuple[list[TaskSpec], list[str]]:
+    """The variant's trainable task specs and the requested tasks dropped for lack of train labels."""
+    tasks = cfg.tasks_for(variant)
+    specs, dropped = trainable_specs(memes, tasks)
+    if not specs:
+        raise ValueError(f"none of the tasks {tasks} of variant {variant!r} has a label in the train split")
+    return specs, dropped
+
+
+def variant_model_config(variant: str, cfg: TrainStageConfig, dims: Mapping[str, Any]) -> BaseModel:
+    """The variant's model config: the data-fixed fields from its inputs, then ``config``."""
+    spec_cfg = cfg.variant(variant)
+    return model_config_class(spec_cfg.model).model_validate({**dims, **spec_cfg.config})
+
+
 def train_variant(
     variant: str,
     memes: pd.DataFrame,
@@ -227,22 +267,23 @@ def train_variant(
     cfg: TrainStageConfig,
     run_dir: Path,
     callbacks: Sequence[object] = (),
+    inputs: VariantInputs | None = None,
 ) -> VariantResult:
-    """Fit one variant on TRAIN, select on VAL, then score every evaluation split once."""
+    """Fit one variant on TRAIN, select on VAL, then score every evaluation split once.
+
+    ``inputs`` builds the datasets (default: the CLIP feature cache, :class:`FeatureInputs`);
+    its task specs must be :func:`variant_specs`'s.
+    """
     spec_cfg = cfg.variant(variant)
-    tasks = cfg.tasks_for(variant)
-    specs, dropped = trainable_specs(memes, tasks)
-    if not specs:
-        raise ValueError(f"none of the tasks {tasks} of variant {variant!r} has a label in the train split")
+    specs, dropped = variant_specs(variant, memes, cfg)
     trainer_cfg = cfg.trainer_config(variant)
-    model_cfg = model_config_class(spec_cfg.model).model_validate(
-        {"image_dim": feature_dim, "text_dim": feature_dim, **spec_cfg.config})
+    inputs = inputs if inputs is not None else FeatureInputs(memes, store, specs, feature_dim)
+    model_cfg = variant_model_config(variant, cfg, inputs.model_dims())
     seed_everything(trainer_cfg.seed)
     model = build_model(spec_cfg.model, model_cfg, specs)
 
-    train_set = FeatureDataset(memes, store, specs, "train", train=True,
-                               generator=make_generator(trainer_cfg.seed + 1))  # fmt: skip
-    eval_sets = {s: FeatureDataset(memes, store, specs, s) for s in EVAL_SPLITS if (memes["split"] == s).any()}
+    train_set = inputs.dataset("train", train=True, generator=make_generator(trainer_cfg.seed + 1))
+    eval_sets = {s: inputs.dataset(s) for s in EVAL_SPLITS if (memes["split"] == s).any()}
     if "val" not in eval_sets:
         raise ValueError("no VAL memes: model selection needs a validation split")
     result = fit(model, train_set, eval_sets["val"], specs, trainer_cfg, run_dir, callbacks=callbacks)
@@ -258,7 +299,7 @@ def train_variant(
                 for s in specs
             }  # fmt: skip
     return VariantResult(variant, model, specs, result, predictions, metrics, intervals,
-                         count_trainable(model), dropped)  # fmt: skip
+                         count_trainable(model), dropped, model_cfg)  # fmt: skip
 
 
 def history_csv(history: Sequence[Mapping[str, float]], path: Path) -> Path:
@@ -281,6 +322,49 @@ def _validation_passed(path: Path) -> str:
         return "unknown"
 
 
+@dataclass
+class _Family:
+    """A non-default model family's training inputs and how to pack its serving encoder."""
+
+    inputs: Any
+    fingerprint: Any  # () -> JSON-able identity of the inputs (part of the checkpoint key)
+    packer: Any  # (clip_dir) -> (dest -> section)
+
+
+def _family_inputs(
+    variant_cfg: VariantConfig, memes: pd.DataFrame, store: FeatureStore, specs: list[TaskSpec], encoder: Any,
+    region_features: Any, regions: Any,
+) -> _Family | None:  # fmt: skip
+    """MGMCF's inputs (text tokens, region features) and packer; None for feature-cache models."""
+    if variant_cfg.model != "mgmcf":
+        if variant_cfg.inputs:
+            raise ValueError(f"model {variant_cfg.model!r} takes no `inputs` section")
+        return None
+    from memeops.data.mgmcf_inputs import MgmcfInputEncoder, MgmcfInputs, MgmcfInputsConfig
+
+    if region_features is None or regions is None:
+        raise ValueError("an mgmcf variant needs the region_features and regions params")
+    inputs_cfg = MgmcfInputsConfig.model_validate(variant_cfg.inputs)
+    if inputs_cfg.regions_view not in regions.views:
+        raise ValueError(f"regions view {inputs_cfg.regions_view!r} is not in params regions.views "
+                         f"({', '.join(regions.views)})")  # fmt: skip
+    if inputs_cfg.regions_view not in region_features.views:
+        raise ValueError(f"regions view {inputs_cfg.regions_view!r} is not encoded: add it to region_features.views")
+    inputs = MgmcfInputs(memes, store, specs, inputs_cfg, encoder, region_features)
+    view = regions.views[inputs_cfg.regions_view]
+
+    def packer(clip_dir: Path) -> Any:
+        sources = {"clip_dir": clip_dir, "detector_dir": regions.detector_dir, "view": view,
+                   "text_encoder": inputs_cfg.text_encoder, "region_cnn": region_features.cnn}  # fmt: skip
+        return lambda dest: MgmcfInputEncoder.pack(sources, dest)
+
+    def fingerprint() -> dict[str, Any]:
+        return {"cfg": inputs_cfg.model_dump(mode="json"), "regions": file_md5(inputs.regions_path),
+                "text": inputs.text_encoder.spec_key}  # fmt: skip
+
+    return _Family(inputs, fingerprint, packer)
+
+
 def run_variant(
     variant: str,
     cfg: TrainStageConfig,
@@ -292,8 +376,14 @@ def run_variant(
     reports_dir: Path = Path("reports"),
     models_dir: Path = Path("models"),
     work_dir: Path = Path(".cache/train"),
+    region_features: Any = None,
+    regions: Any = None,
 ) -> dict[str, Any]:
-    """Train, score, report, track and (``cfg.register``) register one variant; returns the report."""
+    """Train, score, report, track and (``cfg.register``) register one variant; returns the report.
+
+    ``region_features`` / ``regions`` (``RegionFeaturesConfig`` / ``RegionsConfig``) are needed by
+    MGMCF variants only: where the cached region features are, and the view and detector to pack.
+    """
     from memeops.data.consolidate import read_memes
     from memeops.models.clip import load_clip
     from memeops.tracking import plots
@@ -307,20 +397,24 @@ def run_variant(
     store = FeatureStore(feature_dir, encoder.spec_key)
     variant_cfg = cfg.variant(variant)
     trainer_cfg = cfg.trainer_config(variant)
+    specs, _ = variant_specs(variant, memes, cfg)
+    family = _family_inputs(variant_cfg, memes, store, specs, encoder, region_features, regions)
     fingerprint = {"data": digest, "features": encoder.spec_key, "variant": variant_cfg.model_dump(),
-                   "trainer": trainer_cfg.model_dump(), "tasks": cfg.tasks_for(variant)}  # fmt: skip
+                   "trainer": trainer_cfg.model_dump(), "tasks": cfg.tasks_for(variant),
+                   **({"inputs": family.fingerprint()} if family is not None else {})}  # fmt: skip
     run_dir = run_dir_for(work_dir, variant, fingerprint)
     clear_finished_run(run_dir, trainer_cfg.epochs)
     params = {"variant": variant, "model": variant_cfg.model, "model_config": variant_cfg.config,
               "trainer": trainer_cfg.model_dump(), "tasks": cfg.tasks_for(variant), "encoder": encoder_cfg.model_dump(),
-              "feature_spec": encoder.spec_key}  # fmt: skip
+              "feature_spec": encoder.spec_key, **({"inputs": variant_cfg.inputs} if variant_cfg.inputs else {})}  # fmt: skip
     tags = {"memeops.validation_passed": _validation_passed(validation_report), "memeops.feature_spec": encoder.spec_key}
 
     with tracked_run(experiment=cfg.experiment, run_name=variant, stage=f"train@{variant}", variant=variant,
                      seed=trainer_cfg.seed, data_digest=digest, params=params, extra_tags=tags):  # fmt: skip
         for split in ("train", "val", "test"):
             log_dataset(memes[memes["split"] == split], name=f"memes-{split}", digest=digest, context=split)
-        result = train_variant(variant, memes, store, encoder.dim, cfg, run_dir, callbacks=[MlflowCallback()])
+        result = train_variant(variant, memes, store, encoder.dim, cfg, run_dir, callbacks=[MlflowCallback()],
+                               inputs=family.inputs if family is not None else None)  # fmt: skip
         report = result.report()
 
         metrics_path = reports_dir / "metrics" / f"{variant}.json"
@@ -338,15 +432,14 @@ def run_variant(
             if "test" in result.predictions:  # confusion matrices + ROC curves of the final model on test
                 for path in plots.evaluation_plots(result.predictions["test"], result.specs, Path(tmp) / "test"):
                     mlflow.log_artifact(str(path), artifact_path="plots/test")
-            model_cfg = model_config_class(variant_cfg.model).model_validate(
-                {"image_dim": encoder.dim, "text_dim": encoder.dim, **variant_cfg.config})
             clip_dir = Path(tmp) / "clip"  # the encoder as the packer reads it: clip_config.json + files
             clip_dir.mkdir()
             (clip_dir / "clip_config.json").write_text(encoder_cfg.model_dump_json(), encoding="utf-8")
             if (models_dir / variant).exists():  # a previous run's folder (DVC removes it on repro)
                 shutil.rmtree(models_dir / variant)
-            model_dir = save_model_dir(models_dir / variant, result.model.cpu(), variant_cfg.model, model_cfg,
-                                       result.specs, clip_dir)  # fmt: skip
+            packer = family.packer(clip_dir) if family is not None else None
+            model_dir = save_model_dir(models_dir / variant, result.model.cpu(), variant_cfg.model, result.model_config,
+                                       result.specs, clip_dir, inputs_packer=packer)  # fmt: skip
         if cfg.register_models:
             info = log_pyfunc(model_dir, registered_model_name=f"memeops-{variant}")
             version = register_and_alias(info, f"memeops-{variant}", alias="challenger")

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
 from memeops.evaluation.metrics import Predictions, all_metrics
@@ -282,6 +282,12 @@ def _loader(
     num_workers: int,
     device: torch.device,
 ) -> DataLoader:
+    if getattr(dataset, "batched", False) and collate_fn is None:
+        # The dataset builds whole batches by tensor indexing (``dataset[list_of_indices]``): the
+        # sampler yields index lists and auto-collation is off. Same order as shuffle=True would give.
+        order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
+                          num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=False)  # fmt: skip
     return DataLoader(
         dataset,
         batch_size=batch_size,
