@@ -45,6 +45,7 @@ def detector_data_dir(params: Any, cfg: DetectorStageConfig) -> Path | None:
 
 
 def write_plots(history: list[dict[str, float]], path: Path) -> None:
+    """Per-epoch rows (ultralytics' results.csv, renamed) for ``dvc plots``; header only when not trained."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)

@@ -78,9 +78,9 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     ocr = json.loads((project_copy / "reports" / "metrics" / "ocr.json").read_text())
     assert 0.0 <= ocr["cer"]["synthmeme"]["overall"]["cer_raw"] <= 1.0, ocr
     detector = json.loads((project_copy / "reports" / "metrics" / "detector.json").read_text())
-    assert {"map50", "map50_95"} <= set(detector["test"]["all"]) and "at_4" in detector["test"]["key_recall"], detector
+    assert {"map50", "map50_95", "key_map50"} <= set(detector["test"]) and "at_4" in detector["test"]["key_recall"], detector
     regions = json.loads((project_copy / "reports" / "metrics" / "regions.json").read_text())
-    assert regions["images"] == len({*sheet["splits"]}) or regions["images"] > 0
+    assert regions["images"] > 0
     assert set(regions["views"]) >= {"detector", "grid"}
 
     for variant in VARIANTS:

@@ -44,7 +44,9 @@ RED = (230, 20, 20)
 
 
 def _dets(boxes: list[list[float]], scores: list[float], classes: list[int] | None = None) -> Detections:
-    return Detections.sorted(boxes, scores, classes if classes is not None else list(range(len(scores))))
+    return Detections.from_normalised(
+        boxes, scores, classes if classes is not None else list(range(len(scores)))
+    )
 
 
 def _square_image(
@@ -69,7 +71,9 @@ class StubDetector:
             w, h = im.size
             boxes = [[xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h]] if len(xs) else []
             out.append(
-                Detections.sorted(boxes + [[0, 0, 1, 1]], [0.9] * len(boxes) + [0.3], [3] * len(boxes) + [5])
+                Detections.from_normalised(
+                    boxes + [[0, 0, 1, 1]], [0.9] * len(boxes) + [0.3], [3] * len(boxes) + [5]
+                )
             )
         return out
 
@@ -345,7 +349,17 @@ def test_extract_regions_writes_views_detections_and_metrics(tmp_path: Path):
     cfg = RegionsConfig(
         output_dir=str(tmp_path / "regions"), batch_size=2, shard_size=3, views=views, recall_k=[1, 2]
     )
+    write_region_view(
+        tmp_path / "regions" / "views" / "old",
+        _region_set(["x"]),
+        RegionViewConfig(max_regions=3, crop_size=4),
+    )
     metrics = extract_regions(memes, StubDetector(), cfg)
+    assert sorted(p.name for p in (tmp_path / "regions" / "views").iterdir()) == [
+        "degraded",
+        "detector",
+        "grid",
+    ]
     assert metrics["images"] == 5 and metrics["eval_images"] == 3 and metrics["detections"] == 10
     assert (
         metrics["views"]["detector"]["key_recall"] == 1.0

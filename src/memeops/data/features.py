@@ -297,7 +297,36 @@ def meme_labels(memes: pd.DataFrame, specs: Sequence[TaskSpec]) -> list[dict[str
     return [{s.name: _clean_label(cols[s.name][i], s.kind) for s in specs} for i in range(len(memes))]
 
 
-class FeatureDataset(Dataset):
+def _first_row(value: Any) -> Any:
+    """Row 0 of a batch value: tensors / lists by index, dicts of them recursively."""
+    if isinstance(value, dict):
+        return {k: _first_row(v) for k, v in value.items()}
+    return value[0]
+
+
+class BatchedDataset(Dataset):
+    """A Dataset whose subclass builds whole batches by tensor indexing (:meth:`batch`).
+
+    The trainer's loaders see ``batched`` and ask for ``dataset[list_of_indices]``: far less Python
+    per step than collating one dict per meme. ``dataset[i]`` still gives one item.
+    """
+
+    batched = True
+    meme_ids: list[str]
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.meme_ids)
+
+    def __getitem__(self, i: int | Sequence[int]) -> dict[str, Any]:
+        if not isinstance(i, int):
+            return self.batch(i)
+        return _first_row(self.batch([i]))
+
+
+class FeatureDataset(BatchedDataset):
     """Cached embeddings + multi-task targets of one split.
 
     Items: ``{"image_emb": [D], "text_emb": [D], "targets": {task: [] long | [L] float}, "meme_id"}``;
@@ -323,18 +352,6 @@ class FeatureDataset(Dataset):
         self.meme_ids = rows["meme_id"].astype(str).tolist()
         self.train = train
         self.generator = generator
-
-    def __len__(self) -> int:
-        return len(self.meme_ids)
-
-    batched = True  # the trainer's loaders fetch whole batches: ``dataset[list_of_indices]``
-
-    def __getitem__(self, i: int | Sequence[int]) -> dict[str, Any]:
-        if not isinstance(i, int):
-            return self.batch(i)
-        batch = self.batch([i])
-        return {"image_emb": batch["image_emb"][0], "text_emb": batch["text_emb"][0],
-                "targets": {t: v[0] for t, v in batch["targets"].items()}, "meme_id": batch["meme_id"][0]}  # fmt: skip
 
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:
         """A whole batch by tensor indexing: far less Python per step than collating one dict per meme."""

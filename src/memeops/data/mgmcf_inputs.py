@@ -35,9 +35,8 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from memeops.data.features import FeatureStore, content_keys, meme_labels
+from memeops.data.features import BatchedDataset, FeatureStore, content_keys, meme_labels
 from memeops.models.base import TaskSpec, batch_targets
 from memeops.models.region_cnn import RegionCNN, RegionCNNConfig, build_region_cnn
 from memeops.models.text_encoders import TextEncoderConfig, TextFeatures, TextTokenEncoder, load_text_encoder
@@ -167,7 +166,7 @@ def mirror_boxes(boxes: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- training data
 
 
-class MgmcfDataset(Dataset):
+class MgmcfDataset(BatchedDataset):
     """One split's MGMCF inputs and targets, all in memory.
 
     With ``train=True`` each item is mirrored with probability 0.5 (drawn from ``generator``):
@@ -188,17 +187,6 @@ class MgmcfDataset(Dataset):
         self.targets = batch_targets(meme_labels(rows, specs), list(specs))
         self.meme_ids = rows["meme_id"].astype(str).tolist()
         self.train, self.generator = train, generator
-
-    def __len__(self) -> int:
-        return len(self.meme_ids)
-
-    batched = True  # the trainer's loaders fetch whole batches: ``dataset[list_of_indices]``
-
-    def __getitem__(self, i: int | Sequence[int]) -> dict[str, Any]:
-        if not isinstance(i, int):
-            return self.batch(i)
-        batch = self.batch([i])
-        return {k: (v[0] if not isinstance(v, dict) else {t: x[0] for t, x in v.items()}) for k, v in batch.items()}
 
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:
         """A whole batch by tensor indexing: far less Python per step than collating per-item dicts."""

@@ -61,7 +61,9 @@ class TextTokenEncoder(Protocol):
 
 
 def _fit_length(tokens: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
-    """Pad (zeros, mask False) or truncate the token axis to exactly ``length``."""
+    """Zero the masked positions, then pad (zeros, mask False) or truncate the token axis to exactly
+    ``length``: padding never carries values, whatever the encoder computed there."""
+    tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
     t = tokens.shape[1]
     if t >= length:
         return tokens[:, :length], mask[:, :length]
@@ -83,30 +85,21 @@ class ClipTextTokens:
         self.dim = int(encoder.dim)  # type: ignore[attr-defined]
         self.spec_key = f"clip-{encoder.spec_key}-T{cfg.max_length}"  # type: ignore[attr-defined]
 
-    @torch.inference_mode()
-    def encode(self, texts: Sequence[str]) -> TextFeatures:
+    def _encode_chunk(self, chunk: list[str]) -> tuple[Tensor, Tensor, Tensor]:
         model = self.encoder.model  # type: ignore[attr-defined]
-        out_g, out_t, out_m = [], [], []
-        for start in range(0, len(texts), self.config.batch_size):
-            chunk = list(texts[start : start + self.config.batch_size])
-            ids = self.encoder.tokenize(chunk).to(self.encoder.device)  # type: ignore[attr-defined]
-            last = ids.argmax(dim=-1) if model.text_pool_type == "argmax" else (ids == model.text_eos_id).int().argmax(-1)
-            n = int(last.max()) + 1
-            ids = ids[:, :n]
-            cast = model.transformer.get_cast_dtype()
-            x = model.token_embedding(ids).to(cast) + model.positional_embedding[:n].to(cast)
-            x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
-            states = (x @ model.text_projection).float()  # [B, n, D]
-            pooled = F.normalize(states[torch.arange(len(chunk)), last], dim=-1)
-            mask = torch.arange(n, device=ids.device)[None, :] <= last[:, None]
-            tokens, mask = _fit_length(states, mask, self.config.max_length)
-            out_g.append(pooled.cpu())
-            out_t.append(tokens.cpu())
-            out_m.append(mask.cpu())
-        if not out_g:
-            return TextFeatures(torch.zeros(0, self.dim), torch.zeros(0, self.config.max_length, self.dim),
-                                torch.zeros(0, self.config.max_length, dtype=torch.bool))  # fmt: skip
-        return TextFeatures(torch.cat(out_g), torch.cat(out_t), torch.cat(out_m))
+        ids = self.encoder.tokenize(chunk).to(self.encoder.device)  # type: ignore[attr-defined]
+        last = ids.argmax(dim=-1) if model.text_pool_type == "argmax" else (ids == model.text_eos_id).int().argmax(-1)
+        n = int(last.max()) + 1  # states up to the last <eot> never see later padding (causal mask)
+        ids = ids[:, :n]
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(ids).to(cast) + model.positional_embedding[:n].to(cast)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+        states = (x @ model.text_projection).float()  # [B, n, D]
+        pooled = F.normalize(states[torch.arange(len(chunk)), last], dim=-1)
+        return pooled, states, torch.arange(n, device=ids.device)[None, :] <= last[:, None]
+
+    def encode(self, texts: Sequence[str]) -> TextFeatures:
+        return encode_in_chunks(self, texts)
 
 
 class HFTextTokens:
@@ -131,28 +124,36 @@ class HFTextTokens:
         payload = json.dumps(cfg.model_dump(exclude={"path", "batch_size"}), sort_keys=True).encode()
         self.spec_key = f"hf-{hashlib.sha256(digest.digest() + payload).hexdigest()[:16]}"
 
-    @torch.inference_mode()
+    def _encode_chunk(self, chunk: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        enc = self.tokenizer([t or "" for t in chunk], padding="max_length", truncation=True,
+                             max_length=self.config.max_length, return_tensors="pt").to(self.device)  # fmt: skip
+        states = self.model(**enc).last_hidden_state.float()  # [B, T, H]
+        mask = enc["attention_mask"].bool()
+        if self.config.pooling == "cls":
+            return states[:, 0], states, mask
+        m = mask.unsqueeze(-1).float()
+        return (states * m).sum(1) / m.sum(1).clamp_min(1.0), states, mask
+
     def encode(self, texts: Sequence[str]) -> TextFeatures:
-        out_g, out_t, out_m = [], [], []
-        for start in range(0, len(texts), self.config.batch_size):
-            chunk = [t or "" for t in texts[start : start + self.config.batch_size]]
-            enc = self.tokenizer(chunk, padding="max_length", truncation=True, max_length=self.config.max_length,
-                                 return_tensors="pt").to(self.device)  # fmt: skip
-            states = self.model(**enc).last_hidden_state.float()  # [B, T, H]
-            mask = enc["attention_mask"].bool()
-            if self.config.pooling == "cls":
-                pooled = states[:, 0]
-            else:
-                m = mask.unsqueeze(-1).float()
-                pooled = (states * m).sum(1) / m.sum(1).clamp_min(1.0)
-            tokens, mask = _fit_length(states, mask, self.config.max_length)
-            out_g.append(pooled.cpu())
-            out_t.append(tokens.cpu())
-            out_m.append(mask.cpu())
-        if not out_g:
-            return TextFeatures(torch.zeros(0, self.dim), torch.zeros(0, self.config.max_length, self.dim),
-                                torch.zeros(0, self.config.max_length, dtype=torch.bool))  # fmt: skip
-        return TextFeatures(torch.cat(out_g), torch.cat(out_t), torch.cat(out_m))
+        return encode_in_chunks(self, texts)
+
+
+@torch.inference_mode()
+def encode_in_chunks(encoder: ClipTextTokens | HFTextTokens, texts: Sequence[str]) -> TextFeatures:
+    """Run ``encoder._encode_chunk`` over ``config.batch_size`` texts at a time; tokens padded or
+    truncated to exactly ``config.max_length``; everything on CPU."""
+    cfg = encoder.config
+    out_g, out_t, out_m = [], [], []
+    for start in range(0, len(texts), cfg.batch_size):
+        pooled, states, mask = encoder._encode_chunk(list(texts[start : start + cfg.batch_size]))
+        tokens, mask = _fit_length(states, mask, cfg.max_length)
+        out_g.append(pooled.cpu())
+        out_t.append(tokens.cpu())
+        out_m.append(mask.cpu())
+    if not out_g:
+        return TextFeatures(torch.zeros(0, encoder.dim), torch.zeros(0, cfg.max_length, encoder.dim),
+                            torch.zeros(0, cfg.max_length, dtype=torch.bool))  # fmt: skip
+    return TextFeatures(torch.cat(out_g), torch.cat(out_t), torch.cat(out_m))
 
 
 def load_text_encoder(cfg: TextEncoderConfig, clip_encoder: object | None = None, device: str = "cpu") -> TextTokenEncoder:

@@ -105,10 +105,10 @@ class Detections:
         b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.array(
             [width, height, width, height], np.float32
         )
-        return cls.sorted(b, scores, classes, max_det)
+        return cls.from_normalised(b, scores, classes, max_det)
 
     @classmethod
-    def sorted(cls, boxes: Any, scores: Any, classes: Any, max_det: int | None = None) -> Detections:
+    def from_normalised(cls, boxes: Any, scores: Any, classes: Any, max_det: int | None = None) -> Detections:
         """Normalised boxes (clipped to [0, 1]) sorted by score, highest first (stable)."""
         b = np.clip(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), 0.0, 1.0)
         s = np.asarray(scores, dtype=np.float32).reshape(-1)

@@ -13,6 +13,7 @@ containing >= 90% of the key box) on the evaluation split's memes with ground-tr
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memeops.vision.detect import Detections, Detector, key_recall_at_k
 from memeops.vision.regions import (
+    VIEW_FILE,
     RegionSet,
     RegionViewConfig,
     RegionViewWriter,
@@ -145,6 +147,9 @@ def extract_regions(memes: pd.DataFrame, detector: Detector | None, cfg: Regions
     start = time.perf_counter()
     out_dir = Path(cfg.output_dir)
     (out_dir / VIEWS_DIR).mkdir(parents=True, exist_ok=True)
+    for stale in (out_dir / VIEWS_DIR).iterdir():  # views no longer configured
+        if stale.is_dir() and stale.name not in cfg.views and (stale / VIEW_FILE).is_file():
+            shutil.rmtree(stale)
     needs_detector = any(v.source == "detector" for v in cfg.views.values())
     if detector is None and needs_detector:
         raise ValueError("views with source detector need a detector")

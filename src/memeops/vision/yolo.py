@@ -337,6 +337,8 @@ class UltralyticsDetector:
                     continue
                 xyxy, conf = boxes.xyxyn.cpu().numpy(), boxes.conf.cpu().numpy()
                 out.append(
-                    Detections.sorted(xyxy, conf, boxes.cls.cpu().numpy().astype(np.int64), cfg.max_det)
+                    Detections.from_normalised(
+                        xyxy, conf, boxes.cls.cpu().numpy().astype(np.int64), cfg.max_det
+                    )
                 )
         return out
