@@ -80,7 +80,7 @@ REQUIREMENTS = (
     "tokenizers", "numpy", "pandas", "pillow", "pydantic",
 )  # fmt: skip
 #: what an input encoder needs beyond REQUIREMENTS (MGMCF: the detector, HF text encoders)
-EXTRA_REQUIREMENTS: dict[str, tuple[str, ...]] = {"mgmcf": ("ultralytics", "transformers")}
+EXTRA_REQUIREMENTS: dict[str, tuple[str, ...]] = {"mgmcf": ("ultralytics", "transformers"), "vlm": ("transformers",)}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -397,6 +397,16 @@ class MemePredictor:
         return format_predictions(self.predict_proba(frame), self.specs)
 
 
+def open_predictor(folder: str | Path, *, device: str = "cpu", batch_size: int = 32) -> Any:
+    """The predictor for a memeops model folder: a head model (:class:`MemePredictor`) or the VLM
+    (:class:`memeops.vlm.serve.VLMPredictor`), by the folder's ``memeops_model.json``."""
+    if _read_spec(Path(folder))["model"]["name"] == "vlm":
+        from memeops.vlm.serve import VLMPredictor
+
+        return VLMPredictor.from_dir(folder, device=device)
+    return MemePredictor.from_dir(folder, device=device, batch_size=batch_size)
+
+
 class MemePyfunc(_PythonModel):  # type: ignore[misc,valid-type]
     """``mlflow.pyfunc`` face of :class:`MemePredictor`; the folder is the ``model_dir`` artifact.
 
@@ -406,7 +416,7 @@ class MemePyfunc(_PythonModel):  # type: ignore[misc,valid-type]
 
     def load_context(self, context: Any) -> None:
         cfg = dict(getattr(context, "model_config", None) or {})
-        self.predictor = MemePredictor.from_dir(
+        self.predictor = open_predictor(
             context.artifacts[ARTIFACT_KEY], device=str(cfg.get("device", "cpu")),
             batch_size=int(cfg.get("batch_size", 32)),
         )  # fmt: skip
@@ -568,7 +578,7 @@ def log_pyfunc(
     model_dir = Path(model_dir).resolve()
     spec = _read_spec(model_dir)
     example = example_frame(input_example_image)
-    signature = infer_signature(example, MemePredictor.from_dir(model_dir).predict(example))
+    signature = infer_signature(example, open_predictor(model_dir).predict(example))
     with tempfile.TemporaryDirectory(prefix="memeops-code-") as tmp:
         entry = Path(tmp) / "memeops_pyfunc_entry.py"
         entry.write_text(_ENTRY_SCRIPT, encoding="utf-8")
@@ -602,7 +612,7 @@ def load_predictor(uri_or_dir: str | Path, *, device: str = "cpu") -> Any:
     path = Path(text).expanduser()
     if path.is_dir():
         if (path / SPEC_FILE).is_file():
-            return MemePredictor.from_dir(path, device=device)
+            return open_predictor(path, device=device)
         if (path / "MLmodel").is_file():
             import mlflow
 
