@@ -20,6 +20,10 @@ from memeops.vision.extract import RegionsConfig
 from stages import run_stage
 
 
+# Variants trained by a stage of their own in dvc.yaml (not the train@<variant> matrix).
+DVC_STAGES = {"mgmcf": "train_mgmcf"}
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         raise ValueError("usage: python -m stages.train <variant>  (a key of params train.variants)")
@@ -35,6 +39,7 @@ def main() -> int:
         validation_report=Path("reports/validation.json"),
         region_features=params.section("region_features", RegionFeaturesConfig),
         regions=params.section("regions", RegionsConfig),
+        stage=DVC_STAGES.get(variant, f"train@{variant}"),
     )  # fmt: skip
     test = report.get("test", {})
     shown = ", ".join(f"{k} {v:.3f}" for k, v in test.items() if k.endswith("/auroc") and v is not None)

@@ -378,11 +378,13 @@ def run_variant(
     work_dir: Path = Path(".cache/train"),
     region_features: Any = None,
     regions: Any = None,
+    stage: str | None = None,
 ) -> dict[str, Any]:
     """Train, score, report, track and (``cfg.register``) register one variant; returns the report.
 
     ``region_features`` / ``regions`` (``RegionFeaturesConfig`` / ``RegionsConfig``) are needed by
     MGMCF variants only: where the cached region features are, and the view and detector to pack.
+    ``stage`` is the DVC stage name the run is tagged with (default ``train@<variant>``).
     """
     from memeops.data.consolidate import read_memes
     from memeops.models.clip import load_clip
@@ -409,7 +411,7 @@ def run_variant(
               "feature_spec": encoder.spec_key, **({"inputs": variant_cfg.inputs} if variant_cfg.inputs else {})}  # fmt: skip
     tags = {"memeops.validation_passed": _validation_passed(validation_report), "memeops.feature_spec": encoder.spec_key}
 
-    with tracked_run(experiment=cfg.experiment, run_name=variant, stage=f"train@{variant}", variant=variant,
+    with tracked_run(experiment=cfg.experiment, run_name=variant, stage=stage or f"train@{variant}", variant=variant,
                      seed=trainer_cfg.seed, data_digest=digest, params=params, extra_tags=tags):  # fmt: skip
         for split in ("train", "val", "test"):
             log_dataset(memes[memes["split"] == split], name=f"memes-{split}", digest=digest, context=split)
