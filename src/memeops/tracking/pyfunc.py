@@ -42,7 +42,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -451,6 +452,45 @@ def example_frame(
     return pd.DataFrame({"image": [example_image_b64(image)], "text": [text]})
 
 
+@contextmanager
+def staged_model_dir(directory: str | Path) -> Iterator[Path]:
+    """A staging folder beside ``directory`` that becomes ``directory`` when the block succeeds
+    (never a half-written model) and is removed when it fails; a non-empty ``directory`` is refused."""
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise FileExistsError(f"model folder {directory} exists and is not empty")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it owner-only; a model folder is meant to be shared
+        if directory.exists():
+            directory.rmdir()
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_spec(
+    folder: Path, model_name: str, config: Mapping[str, Any], specs: Sequence[TaskSpec], inputs: Mapping[str, Any],
+    input_columns: Sequence[str] = INPUT_COLUMNS,
+) -> dict[str, Any]:  # fmt: skip
+    """Write ``memeops_model.json`` (the contract :func:`open_predictor` reads); returns it."""
+    from memeops import __version__
+
+    spec = {
+        "format": FORMAT_VERSION,
+        "memeops_version": __version__,
+        "model": {"name": model_name, "config": dict(config)},
+        "tasks": [{"name": s.name, "kind": s.kind, "labels": list(s.labels)} for s in specs],
+        "inputs": dict(inputs),
+        "input_columns": list(input_columns),
+    }
+    (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    return spec
+
+
 def save_model_dir(
     directory: str | Path, head_model: nn.Module, model_name: str, model_cfg: Mapping[str, Any] | BaseModel,
     specs: Sequence[TaskSpec], clip_dir: str | Path | None, *, verify: bool = True,
@@ -469,12 +509,9 @@ def save_model_dir(
     """
     from safetensors.torch import save_model
 
-    from memeops import __version__
     from memeops.models.factory import build_model, model_config_class
 
     directory = Path(directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise FileExistsError(f"model folder {directory} exists and is not empty")
     config = (
         model_cfg
         if isinstance(model_cfg, BaseModel)
@@ -489,9 +526,7 @@ def save_model_dir(
         raise ValueError(
             f"head weights do not fit {model_name} with this config / task specs: {_one_line(exc)[:300]}"
         ) from None
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
+    with staged_model_dir(directory) as staging:
         save_model(fresh, str(staging / HEAD_FILE))
         if inputs_packer is not None:
             section = {**inputs_packer(staging / ENCODER_DIR), "dir": ENCODER_DIR}
@@ -499,15 +534,7 @@ def save_model_dir(
             section = {**ClipFeatureInputs.pack(Path(clip_dir), staging / ENCODER_DIR), "dir": ENCODER_DIR}
         else:
             raise ValueError("save_model_dir needs clip_dir or inputs_packer")
-        spec = {
-            "format": FORMAT_VERSION,
-            "memeops_version": __version__,
-            "model": {"name": model_name, "config": config_json},
-            "tasks": [{"name": s.name, "kind": s.kind, "labels": list(s.labels)} for s in specs],
-            "inputs": section,
-            "input_columns": list(INPUT_COLUMNS),
-        }
-        (staging / SPEC_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
+        write_spec(staging, model_name, config_json, specs, section)
         if verify:
             try:
                 MemePredictor.from_dir(staging).predict(example_frame())
@@ -516,13 +543,6 @@ def save_model_dir(
                     f"packed model fails on an example meme (does {model_name} fit this encoder, "
                     f"dim {section.get('dim')}?): {_one_line(exc)[:300]}"
                 ) from None
-        staging.chmod(0o755)  # mkdtemp makes it owner-only; a model folder is meant to be shared
-        if directory.exists():
-            directory.rmdir()
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 

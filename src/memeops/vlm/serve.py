@@ -16,10 +16,6 @@ strictly; empty when the model gave none) and ``t_valid`` (whether the generated
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,34 +34,24 @@ MODEL_NAME = "vlm"
 def save_vlm_dir(directory: str | Path, model: TinyVLM, tokenizer: Any, specs: Sequence[TaskSpec],
                  clip_dir: str | Path, cfg: VLMTrainConfig, with_text: bool, *, verify: bool = True) -> Path:  # fmt: skip
     """Write the folder above (assembled beside ``directory``, renamed into place)."""
-    from memeops import __version__
-    from memeops.tracking.pyfunc import ENCODER_DIR, FORMAT_VERSION, INPUT_COLUMNS, SPEC_FILE, ClipFeatureInputs
+    from memeops.tracking.pyfunc import (
+        ENCODER_DIR,
+        INPUT_COLUMNS,
+        ClipFeatureInputs,
+        example_frame,
+        staged_model_dir,
+        write_spec,
+    )
 
     directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        raise FileExistsError(f"model folder {directory} exists and is not empty")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
+    with staged_model_dir(directory) as staging:
         save_vlm(model, tokenizer, staging / "vlm")
         section = {**ClipFeatureInputs.pack(Path(clip_dir), staging / ENCODER_DIR), "kind": MODEL_NAME, "dir": ENCODER_DIR}
         config = {"with_text": with_text, "max_length": cfg.max_length, "max_new_tokens": cfg.max_new_tokens,
                   "eval_batch_size": cfg.eval_batch_size}  # fmt: skip
-        spec = {"format": FORMAT_VERSION, "memeops_version": __version__, "model": {"name": MODEL_NAME, "config": config},
-                "tasks": [{"name": s.name, "kind": s.kind, "labels": list(s.labels)} for s in specs],
-                "inputs": section, "input_columns": [*INPUT_COLUMNS, "language"]}  # fmt: skip
-        (staging / SPEC_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
+        write_spec(staging, MODEL_NAME, config, specs, section, [*INPUT_COLUMNS, "language"])
         if verify:
-            from memeops.tracking.pyfunc import example_frame
-
             VLMPredictor.from_dir(staging).predict(example_frame())
-        staging.chmod(0o755)
-        if directory.exists():
-            directory.rmdir()
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 
