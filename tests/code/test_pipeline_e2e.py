@@ -30,6 +30,8 @@ TINY_PARAMS = {
                            "mgmcf": {"trainer": {"epochs": 2, "patience": 2}}}},
     "ocr": {"workers": 1, "cer_sample": 6},
     "detector": {"imgsz": 64, "yolo": {"epochs": 1, "batch": 16}},
+    "vlm": {"bootstrap_samples": 20, "trainer": {"epochs": 1, "vocab_size": 600, "generate_samples": 8,
+                                                 "max_new_tokens": 12, "model": {"hidden": 32, "intermediate": 64}}},
 }
 VARIANTS = ("gatedclip", "gatedclip_mt", "text_only", "image_only", "average", "concat", "align", "cross", "mgmcf")
 
@@ -98,6 +100,15 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
                       "--text", "my boss be like", "--json"], project_copy, env)  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert "metaphor" in json.dumps(json.loads(predicted.stdout))
+
+    # the VLM: trained in the pipeline, scored on every split, registered, served from the registry
+    vlm = json.loads((project_copy / "reports" / "metrics" / "vlm.json").read_text())
+    assert {"val", "test", "test_unseen"} <= set(vlm) and "hateful/auroc" in vlm["ci95"]["test"], vlm.keys()
+    assert 0.0 <= vlm["test"]["all/invalid_rate"] <= 1.0 and vlm["registered"][0]["name"] == "memeops-vlm"
+    predicted = _run(["memeops", "predict", "--model", "models:/memeops-vlm@challenger", str(image),
+                      "--text", "my boss be like", "--json"], project_copy, env)  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert "hateful_explanation" in json.dumps(json.loads(predicted.stdout))
 
     second = _run(["dvc", "repro"], project_copy, env)
     assert second.returncode == 0, second.stderr

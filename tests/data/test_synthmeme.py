@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from sklearn.feature_extraction.text import CountVectorizer
@@ -284,3 +285,30 @@ def test_sample_figure(synth: dict, tmp_path: Path) -> None:
     assert path.stat().st_size < 500_000
     with Image.open(path) as img:
         assert img.width > 800
+
+
+def test_memelens_export_reads_back_through_the_memelens_loader(synth: dict, tmp_path: Path) -> None:
+    from memeops.config import ConsolidateConfig, SourceConfig
+    from memeops.data.consolidate import consolidate
+    from memeops.data.synth.memelens import export_memelens
+    from memeops.data.taxonomy import load_taxonomy
+
+    datasets = {"hate_speech": "hateful", "sentiment": "sentiment"}
+    counts = export_memelens(synth["records"], synth["out"], tmp_path / "lens", datasets, seed=3)
+    assert sum(counts.values()) == len(synth["records"])  # both tasks are labelled on every meme
+    assert {k.split("/")[1] for k in counts} == set(datasets)
+    source = SourceConfig(name="lens", format="memelens", path=str(tmp_path / "lens"), tasks=datasets)
+    result = consolidate(ConsolidateConfig(sources=[source], workers=1), load_taxonomy(), Path("."))
+    assert not result.quarantine
+    memes = result.memes
+    assert len(memes) == len(synth["records"])
+    # one task per meme, the label and explanation of the original record
+    by_id = {r["id"]: r for r in synth["records"]}
+    for row in memes.head(30).itertuples():
+        rec = by_id[row.native_id.split("/")[-1]]
+        task = datasets[row.native_id.split("/")[1]]
+        assert getattr(row, f"label_{task}") == rec["labels"][task]
+        other = next(t for t in datasets.values() if t != task)
+        assert pd.isna(getattr(row, f"label_{other}"))
+        assert json.loads(row.explanations)[task] == rec["explanations"][task]
+        assert row.split == {"test_unseen": "test"}.get(rec["split"], rec["split"])

@@ -33,7 +33,9 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-ANSWER_FORMAT = 'Answer as "Label: <label>" followed by "Explanation: <why>"'
+# Kept short on purpose: the instruction is ~3/4 of every sample's tokens and is the same for every
+# meme of a task, so each word here is paid for on every training step (docs/vlm.md).
+ANSWER_FORMAT = 'Answer "Label: <one label>", then "Explanation: <why>".'
 
 # Short English task descriptions, used when the taxonomy carries none (taxonomy.yaml has no
 # description field today; a ``description`` attribute on a task wins when it exists).
@@ -139,11 +141,10 @@ def build_prompt(task: TaskLike, meme_text: str | None, language: str | None) ->
     text = "" if _blank(meme_text) else str(meme_text)
     lines = [
         f"Task: {task.name}. {task_description(task)}",
-        "Look at the meme image and read its text.",
-        f"Possible labels: {labels}",
-        f"Meme text, in {lang}:",
+        f"Labels: {labels}",
+        f"Meme text ({lang}):",
         text if text else "(no text)",
-        f"{ANSWER_FORMAT}. The label must be exactly one of the possible labels.",
+        ANSWER_FORMAT,
     ]
     return "\n".join(lines)
 

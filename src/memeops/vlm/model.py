@@ -118,6 +118,18 @@ class TinyVLM(nn.Module):
             )
         return self.decoder(inputs_embeds=embeds, attention_mask=mask, labels=labels)
 
+    def answer_logits(
+        self, image_emb: Tensor, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits ``[N, V]`` at the N answer positions only, their targets ``[N]`` and the ``[B, T]``
+        answer mask. The vocabulary projection dominates a decoder this small; skipping it on the
+        prompt (about 3/4 of the tokens) makes a training step ~1.5x faster than ``forward``."""
+        embeds, mask = self._inputs(image_emb, input_ids, attention_mask)
+        hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        hidden = hidden[:, self.cfg.prefix_tokens - 1 : -1]  # position t predicts input token t
+        answer = labels != IGNORE
+        return self.decoder.lm_head(hidden[answer]).float(), labels[answer], answer
+
     @torch.no_grad()
     def token_logprobs(self, image_emb: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``[B, T]`` log p(token t | prefix, tokens < t); position 0 gets 0."""

@@ -88,14 +88,12 @@ def label_line_mask(labels: Tensor, newline_id: int | None) -> Tensor:
 def weighted_answer_loss(model: TinyVLM, image_emb: Tensor, batch: Mapping[str, Tensor], label_weight: float,
                          newline_id: int | None) -> Tensor:  # fmt: skip
     """Token cross-entropy on the answer, label-line tokens weighted by ``label_weight``."""
-    if label_weight == 1.0:
-        return model(image_emb, **batch).loss
-    out = model(image_emb, batch["input_ids"], batch["attention_mask"])
-    logits = out.logits[:, model.cfg.prefix_tokens - 1 : -1].float()  # predicts input token t
     labels = batch["labels"]
-    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
-    answer = (labels != IGNORE).float()
-    weights = answer + (label_weight - 1.0) * label_line_mask(labels, newline_id).float()
+    logits, targets, answer = model.answer_logits(image_emb, batch["input_ids"], batch["attention_mask"], labels)
+    ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    if label_weight == 1.0:
+        return ce.mean()
+    weights = 1.0 + (label_weight - 1.0) * label_line_mask(labels, newline_id)[answer].float()
     return (ce * weights).sum() / weights.sum().clamp_min(1.0)
 
 
@@ -110,10 +108,9 @@ def answer_loss(model: TinyVLM, tokenizer: Any, samples: Sequence[InstructionSam
             batch = encode_pairs(
                 tokenizer, [s.prompt for s in chunk], [s.target for s in chunk], cfg.max_length
             )
-            out = model(_image_batch(chunk, images, None), **batch)
-            n = int((batch["labels"] != IGNORE).sum())
-            total += float(out.loss) * n
-            count += n
+            logits, targets, _ = model.answer_logits(_image_batch(chunk, images, None), **batch)
+            total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            count += len(targets)
     return total / max(count, 1)
 
 
