@@ -1,5 +1,6 @@
 """The ``memeops`` command line (Typer). Pipeline work runs through ``dvc repro``; this CLI is for
-looking at what the pipeline knows: the taxonomy, the parsed params, the runtime environment."""
+looking at what the pipeline knows (the taxonomy, the parsed params, the runtime environment),
+predicting with a packed model, and the deliberate step of promoting a challenger to champion."""
 
 from __future__ import annotations
 
@@ -132,6 +133,51 @@ def predict(
         typer.echo(f"  {'task':<{width}}  {'label':<{lwidth}}  probability")
         for task, entry in record.items():
             typer.echo(f"  {task:<{width}}  {labels[task]:<{lwidth}}  {entry['probability']:.3f}")
+
+
+PROMOTE_HELP = (
+    "Promote memeops-VARIANT@challenger to @champion when it beats the champion (guarded).\n\n"
+    "The challenger becomes champion only when its training data passed validation, it was scored on the "
+    "same evaluation data as the champion, and its mean primary metric (AUROC for binary tasks, macro-F1 "
+    "otherwise) on params promotion.split (default val) beats the champion's by promotion.margin with a "
+    "paired bootstrap p-value below 1 - promotion.confidence. The first model of a variant becomes "
+    "champion directly. The decision (promoted / kept / refused), its reason, both metrics, the p-value, "
+    "the git commit and the time are tagged on the challenger's model version (memeops.promotion.*).\n\n"
+    "Prints the decision on one line (--json: all of it). Exit code 0 for promoted, kept, refused and "
+    "--dry-run; errors (unknown variant, no challenger, bad params) print one line and exit with code 2."
+)
+
+
+@app.command(help=PROMOTE_HELP)
+def promote(
+    variant: Annotated[str, typer.Argument(help="the variant: registered model memeops-<variant>")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the decision, change nothing")] = False,
+    params_path: Annotated[
+        Path | None,
+        typer.Option("--params", help="params file (section promotion); default ./params.yaml if present"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
+) -> None:
+    import json
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.exceptions import MlflowException
+
+    from memeops.config import ConfigError, load_params
+    from memeops.tracking.promotion import PromotionConfig, promote_variant
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        if params_path is None and not Path("params.yaml").is_file():
+            cfg = PromotionConfig()  # outside a project checkout: the documented defaults
+        else:
+            cfg = load_params(params_path or Path("params.yaml")).section("promotion", PromotionConfig)
+        decision = promote_variant(variant, cfg, dry_run=dry_run)
+    except (ConfigError, ValueError, OSError, MlflowException) as exc:  # PromotionError is a ValueError
+        _fail(str(exc) or type(exc).__name__)
+    typer.echo(json.dumps(decision.to_dict(), indent=2) if as_json else decision.summary())
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from memeops.models.base import TaskSpec
 from memeops.vlm.experiment import (
     compare_regimes,
     examples_frame,
+    prediction_frame,
     prefix_vectors,
     stage_report,
     train_regime,
@@ -97,3 +98,16 @@ def test_prefix_vectors_append_the_text_embedding() -> None:
     both = prefix_vectors(memes, arrays, with_text=True)
     assert both["a"][0].tolist() == [1, 1, 1, 5, 5] and both["b"][1].tolist() == [0, 0, 0, 5, 5]
     assert prefix_vectors(memes, arrays, with_text=False)["a"][0].shape == (3,)
+
+
+def test_prediction_frame_covers_every_meme_and_masks_unscored_rows(data) -> None:
+    from memeops.tracking.promotion import frame_arrays
+
+    samples, images = data
+    result = train_regime(samples, images, TINY, "unified", ("test",))
+    scored = result.splits["test"]
+    ids = sorted({s.meme_id for s in scored.samples}) + ["unlabelled-meme"]
+    frame = prediction_frame(scored, ids, [SPEC])
+    assert len(frame) == len(ids) and frame["target"].isna().sum() == 1
+    arrays = frame_arrays(frame, ids)["metaphor"]
+    assert arrays.mask.sum() == len(ids) - 1 and arrays.probs.shape == (len(ids), 2)

@@ -10,8 +10,10 @@ One call of :func:`run_variant` does, in order:
    each task's primary metric (AUROC for binary tasks, macro-F1 otherwise);
 4. writes ``reports/metrics/<variant>.json`` and the per-epoch curve CSV;
 5. when tracking is on: logs everything to one MLflow run (params, per-epoch metrics, system
-   metrics, data inputs, tags, plots), packages the model as a pyfunc that runs the encoders
-   itself, and registers it as ``memeops-<variant>`` with alias ``challenger``.
+   metrics, data inputs, tags, plots, and each evaluation split's per-meme predictions as
+   ``predictions/<split>.parquet`` for promotion's paired test), packages the model as a pyfunc
+   that runs the encoders itself, and registers it as ``memeops-<variant>`` with alias
+   ``challenger`` (promotion to ``champion``: :mod:`memeops.tracking.promotion`).
 
 MGMCF and the VLM plug in by providing their own datasets / collate function; the selection,
 scoring, report and tracking logic here is shared.
@@ -302,6 +304,17 @@ def train_variant(
                          count_trainable(model), dropped, model_cfg)  # fmt: skip
 
 
+def split_meme_ids(memes: pd.DataFrame, split: str, predictions: Predictions) -> list[str]:
+    """The meme ids of ``predictions``' rows: the ids the batches carried, else the split's memes in
+    table order (the order :class:`FeatureDataset` and the MGMCF datasets read them in)."""
+    ids = predictions.meme_ids
+    if ids is None:
+        ids = memes.loc[memes["split"] == split, "meme_id"].astype(str).tolist()
+    if len(ids) != len(predictions):
+        raise ValueError(f"{split}: {len(predictions)} predictions but {len(ids)} meme ids")
+    return [str(i) for i in ids]
+
+
 def history_csv(history: Sequence[Mapping[str, float]], path: Path) -> Path:
     """Per-epoch curve for ``dvc plots``: epoch, train loss, val loss and every val metric."""
     rows = [{"epoch": i + 1, **{k: v for k, v in h.items() if isinstance(v, (int, float))}}
@@ -389,6 +402,7 @@ def run_variant(
     from memeops.data.consolidate import read_memes
     from memeops.models.clip import load_clip
     from memeops.tracking import plots
+    from memeops.tracking.promotion import log_eval_predictions
     from memeops.tracking.pyfunc import log_pyfunc, save_model_dir
     from memeops.tracking.registry import register_and_alias
     from memeops.tracking.runs import MlflowCallback, log_dataset, log_metrics, tracked_run
@@ -425,6 +439,8 @@ def run_variant(
         curve_csv = history_csv(result.fit.history, reports_dir / "plots" / "train" / f"{variant}.csv")
         log_metrics(result.metrics)  # {split: {task/metric}} -> split/task/metric
         log_metrics({"trainable_params": result.n_params})
+        for split, preds in result.predictions.items():  # per-meme predictions: promotion's paired test
+            log_eval_predictions(split, split_meme_ids(memes, split, preds), preds, result.specs)
 
         import mlflow
 

@@ -236,6 +236,26 @@ def stage_report(result: RegimeResult, specs: Sequence[TaskSpec], n_boot: int, s
     return out
 
 
+def prediction_frame(scored: ScoredSplit, meme_ids: Sequence[str], specs: Sequence[TaskSpec]) -> pd.DataFrame:
+    """The split's predictions in the promotion format (:func:`memeops.tracking.promotion.predictions_frame`):
+    one row per (meme of the split, task). The VLM scores only (meme, task) pairs that have a label;
+    the others get a uniform row with a missing target, which every metric masks out, so a paired
+    comparison with another model sees the same memes and the same labelled rows."""
+    scored_rows = {(s.meme_id, s.task): (s.label_index, p) for s, p in zip(scored.samples, scored.probs)}
+    rows: dict[str, list[Any]] = {c: [] for c in ("meme_id", "task", "kind", "target", "target_multi", "probs")}
+    for spec in specs:
+        uniform = [1.0 / spec.num_labels] * spec.num_labels
+        for meme_id in meme_ids:
+            target, probs = scored_rows.get((str(meme_id), spec.name), (None, None))
+            rows["meme_id"].append(str(meme_id))
+            rows["task"].append(spec.name)
+            rows["kind"].append("single")
+            rows["target"].append(float("nan") if target is None else float(target))
+            rows["target_multi"].append(None)
+            rows["probs"].append(uniform if probs is None else [float(v) for v in probs])
+    return pd.DataFrame(rows)
+
+
 def examples_frame(scored: ScoredSplit) -> pd.DataFrame:
     """The generated answers of a split beside their references (``reports/vlm/examples.csv``)."""
     from memeops.vlm.instructions import parse_answer
@@ -274,6 +294,7 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
     from memeops.data.taxonomy import load_taxonomy
     from memeops.models.base import task_specs
     from memeops.models.clip import load_clip
+    from memeops.tracking.promotion import log_prediction_frame
     from memeops.tracking.pyfunc import log_pyfunc
     from memeops.tracking.registry import register_and_alias
     from memeops.tracking.runs import log_dataset, log_metrics, tracked_run
@@ -316,6 +337,9 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
         eval_split = "test" if "test" in result.splits else next(iter(result.splits), None)
         (examples_frame(result.splits[eval_split]) if eval_split else pd.DataFrame()).to_csv(examples, index=False)
         log_metrics({k: v for k, v in report.items() if k in result.splits})
+        for name, scored in result.splits.items():  # per-meme predictions: what `memeops promote` compares
+            ids = memes.loc[memes["split"] == name, "meme_id"].astype(str).tolist()
+            log_prediction_frame(name, prediction_frame(scored, ids, specs))
         for path, where in ((metrics_path, "metrics"), (curve, "curves"), (examples, "examples")):
             mlflow.log_artifact(str(path), artifact_path=where)
         report["registered"] = _save_and_register(result, specs, cfg, encoder_cfg, save_vlm_dir, log_pyfunc,

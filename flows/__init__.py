@@ -1,0 +1,1 @@
+"""Prefect flows around the DVC pipeline (python -m flows.<name>)."""
