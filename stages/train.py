@@ -14,6 +14,7 @@ no checkpoint (see docs/ddp.md).
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
 from memeops.training import distributed as ddp
 from memeops.training.experiment import TrainStageConfig, run_variant
 from memeops.training.trainer import resolve_device
+from memeops.training.tune import apply_tuned
 from memeops.vision.extract import RegionsConfig
 from stages import run_stage
 
@@ -40,6 +42,9 @@ def main() -> int:
     params = load_params()
     cfg = params.section("train", TrainStageConfig)
     cfg.variant(variant)  # fail fast on an unknown variant
+    tuned = Path("reports/tuning") / f"{variant}.json"
+    if tuned.is_file():  # stage tune's best params (docs/tuning.md); no file: params unchanged
+        cfg = apply_tuned(cfg, variant, json.loads(tuned.read_text(encoding="utf-8")))
     encoder_cfg = resolve_encoder_config(params.section("encoders.clip", ClipEncoderConfig))
     inputs = {
         "memes_path": Path(params.data.output_dir) / "memes.parquet",

@@ -30,6 +30,7 @@ TINY_PARAMS = {
                            "mgmcf": {"trainer": {"epochs": 2, "patience": 2}}}},
     "ocr": {"workers": 1, "cer_sample": 6},
     "detector": {"imgsz": 64, "yolo": {"epochs": 1, "batch": 16}},
+    "tune": {"n_trials": 2, "epochs": 2, "n_startup_trials": 1, "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1}},
     "vlm": {"bootstrap_samples": 20, "trainer": {"epochs": 1, "vocab_size": 600, "generate_samples": 8,
                                                  "max_new_tokens": 12, "model": {"hidden": 32, "intermediate": 64}}},
 }
@@ -101,6 +102,8 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert "metaphor" in json.dumps(json.loads(predicted.stdout))
 
+    tuning = json.loads((project_copy / "reports" / "tuning" / "gatedclip.json").read_text())
+    assert tuning["tuned"] and tuning["n_trials"]["total"] == 2 and tuning["default_value"] is not None, tuning
     # the VLM: trained in the pipeline, scored on every split, registered, served from the registry
     vlm = json.loads((project_copy / "reports" / "metrics" / "vlm.json").read_text())
     assert {"val", "test", "test_unseen"} <= set(vlm) and "hateful/auroc" in vlm["ci95"]["test"], vlm.keys()
@@ -122,7 +125,8 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     third = _run(["dvc", "repro"], project_copy, env)
     assert third.returncode == 0, third.stderr
     ran = sorted(line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage"))
-    assert ran == ["train@text_only"], third.stdout
+    # tune@text_only re-runs too (text_only is not tuned by default: it rewrites its empty file quickly)
+    assert ran == ["train@text_only", "tune@text_only"], third.stdout
 
     log = Path(env["MEMEOPS_NETGUARD_LOG"])
     assert not log.exists() or log.read_text() == "", f"non-loopback network use: {log.read_text()}"
