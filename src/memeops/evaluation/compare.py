@@ -60,7 +60,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     cols = list(frame.columns)
 
     def cell(v: Any) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
+        if v is None or (not isinstance(v, (str, list, tuple)) and pd.isna(v)):
             return "–"
         return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 

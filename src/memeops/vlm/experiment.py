@@ -184,11 +184,15 @@ def regime_table(results: Mapping[str, RegimeResult], specs: Sequence[TaskSpec],
             tasks = sorted({s.task for s in scored.samples if s.source == source})
             for task in [*tasks, "mean"]:
                 row = rows.setdefault((source, task), {"source": source, "task": task})
-                row["n"] = report.get(f"source/{source}/{task}/n", row.get("n"))
+                n = report.get(f"source/{source}/{task}/n", row.get("n"))
+                row["n"] = None if n is None else int(n)
                 row[f"{regime}_macro_f1"] = report.get(f"source/{source}/{task}/macro_f1")
                 if f"source/{source}/{task}/auroc" in report:
                     row[f"{regime}_auroc"] = report[f"source/{source}/{task}/auroc"]
-    return pd.DataFrame(list(rows.values()))
+    frame = pd.DataFrame(list(rows.values()))
+    if "n" in frame:
+        frame["n"] = frame["n"].astype("Int64")  # counts stay integers beside the missing "mean" rows
+    return frame
 
 
 def compare_regimes(samples: Sequence[InstructionSample], images: Images, cfg: VLMTrainConfig,
