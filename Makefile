@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # Offline switches and in-project tool state, from the one place that defines them.
 RUNTIME_ENV = eval "$$($(BIN)/memeops env)" && export PATH="$(BIN):$$PATH"
 
-.PHONY: install repro test test-fast bench ui mlflow-server flow lock clean help
+.PHONY: install repro test test-fast bench ui serve mlflow-server flow lock clean help
 
 help:
 	@echo "make repro   - create .venv, install, run the DVC pipeline (dvc repro)"
@@ -16,6 +16,8 @@ help:
 	@echo "make test-fast - unit tests only (-m 'not slow')"
 	@echo "make bench   - benchmarks (after make repro) -> reports/bench.json"
 	@echo "make ui      - MLflow UI on the project's tracking store (http://127.0.0.1:5000)"
+	@echo "make serve   - serve models:/memeops-\$$VARIANT@\$$ALIAS (gatedclip@champion) on http://127.0.0.1:\$$PORT (5001)"
+	@echo "               POST /invocations; docs/serving.md"
 	@echo "make mlflow-server - MLflow tracking server for many clients (loopback; MLFLOW_BACKEND_STORE_URI /"
 	@echo "               MLFLOW_ARTIFACTS_DESTINATION for Postgres + S3; docs/scaleout.md)"
 	@echo "make flow    - the DVC pipeline as a Prefect flow (python -m flows.pipeline \$$FLOW_ARGS)"
@@ -45,6 +47,15 @@ ui: install
 	$(RUNTIME_ENV) && MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server \
 		--backend-store-uri "$$MLFLOW_TRACKING_URI" --artifacts-destination "$(CURDIR)/mlartifacts" \
 		--host 127.0.0.1 --port 5000 --workers 1
+
+# A registered model behind MLflow's scoring server (POST /invocations, GET /ping; docs/serving.md),
+# in this environment (no conda / virtualenv), on loopback. Per-image limits: MLFLOW_PYFUNC_INFERENCE_CONFIG.
+VARIANT ?= gatedclip
+ALIAS ?= champion
+PORT ?= 5001
+serve: install
+	$(RUNTIME_ENV) && mlflow models serve -m "models:/memeops-$(VARIANT)@$(ALIAS)" \
+		--host 127.0.0.1 --port $(PORT) --env-manager local
 
 # The tracking server for several clients (they set MLFLOW_TRACKING_URI=http://<host>:<port>).
 # Defaults: the project's sqlite store and mlartifacts/, on loopback. Overrides (docs/scaleout.md):

@@ -42,6 +42,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata
@@ -59,9 +60,12 @@ from memeops.models.base import TaskSpec, probabilities
 from memeops.models.clip import ClipEncoder, ClipEncoderConfig, load_clip
 
 try:  # the folder-level predictor works without mlflow (e.g. on a bare GPU box)
+    from mlflow.exceptions import MlflowException as _MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE as _INVALID_PARAMETER_VALUE
     from mlflow.pyfunc import PythonModel as _PythonModel
 except ImportError:  # pragma: no cover - mlflow is a project dependency
     _PythonModel = object  # type: ignore[assignment,misc]
+    _MlflowException = None  # type: ignore[assignment,misc]
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -83,6 +87,12 @@ REQUIREMENTS = (
 #: what an input encoder needs beyond REQUIREMENTS (MGMCF: the detector, HF text encoders)
 EXTRA_REQUIREMENTS: dict[str, tuple[str, ...]] = {"mgmcf": ("ultralytics", "transformers"), "vlm": ("transformers",)}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+#: Limits on one image given to the MLflow pyfunc (``model_config`` keys ``max_image_bytes`` /
+#: ``max_image_pixels``; 0 or None = no limit): the encoded size (decoded base64, file or bytes)
+#: and width x height read from the header, checked before any image is decoded. The folder
+#: predictors have no limit (Pillow's decompression-bomb guard only).
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 
 # --------------------------------------------------------------------------- decoding inputs
@@ -92,12 +102,43 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+class MemeInputError(ValueError):
+    """A bad input meme or table: a one-line message naming the row (and the field)."""
+
+
+if _MlflowException is not None:
+
+    class ServedInputError(_MlflowException, MemeInputError):  # type: ignore[misc,valid-type]
+        """:class:`MemeInputError` as MLflow's scoring server reports client errors: an
+        ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (HTTP 400, ``{"error_code", "message"}``);
+        still a ``ValueError`` for in-process pyfunc callers.
+
+        The server re-sets ``message`` to ``"Failed to predict data '<the request table>'.\\nError: ..."``
+        before answering; this keeps the first (one-line) message instead.
+        """
+
+        def __init__(self, message: str):
+            super().__init__(message, error_code=_INVALID_PARAMETER_VALUE)
+
+        @property  # type: ignore[override]
+        def message(self) -> str:
+            return self._line
+
+        @message.setter
+        def message(self, value: str) -> None:
+            if not hasattr(self, "_line"):
+                self._line = value
+
+else:  # pragma: no cover - mlflow is a project dependency
+    ServedInputError = MemeInputError  # type: ignore[assignment,misc]
+
+
 def _open_image(source: str | Path | bytes, row: int, what: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             return im.convert("RGB")  # convert() loads the pixels, so the file can close
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"row {row}: {what} is not a readable image ({_one_line(exc)})") from None
+        raise MemeInputError(f"row {row}: {what} is not a readable image ({_one_line(exc)})") from None
 
 
 def _b64decode(text: str) -> bytes:
@@ -136,18 +177,18 @@ def decode_image(value: Any, row: int = 0) -> Image.Image:
         return _open_image(bytes(value), row, "image bytes")
     if isinstance(value, Path):
         if not value.is_file():
-            raise ValueError(f"row {row}: image file not found: {str(value)!r}")
+            raise MemeInputError(f"row {row}: image file not found: {str(value)!r}")
         return _open_image(value, row, f"image file {str(value)!r}")
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        raise ValueError(f"row {row}: image is missing")
+        raise MemeInputError(f"row {row}: image is missing")
     if not isinstance(value, str):
-        # ValueError, not TypeError, for every bad input: one exception type for callers (the CLI,
-        # MLflow's scoring server) to report as a user error.
+        # MemeInputError (a ValueError), not TypeError, for every bad input: one exception type for
+        # callers (the CLI, MLflow's scoring server) to report as a user error.
         got = type(value).__name__
-        raise ValueError(f"row {row}: image must be a file path, a base64 string or bytes, got {got}")  # noqa: TRY004
+        raise MemeInputError(f"row {row}: image must be a file path, a base64 string or bytes, got {got}")
     text = value.strip()
     if not text:
-        raise ValueError(f"row {row}: image is an empty string")
+        raise MemeInputError(f"row {row}: image is an empty string")
     if len(text) < 4096 and os.path.isfile(os.path.expanduser(text)):
         path = os.path.expanduser(text)
         return _open_image(path, row, f"image file {text!r}")
@@ -155,13 +196,13 @@ def decode_image(value: Any, row: int = 0) -> Image.Image:
         data = _b64decode(text)
     except ValueError:
         if _pathlike(text):
-            raise ValueError(f"row {row}: image file not found: {text!r}") from None
-        raise ValueError(f"row {row}: image is neither an existing file path nor valid base64") from None
+            raise MemeInputError(f"row {row}: image file not found: {text!r}") from None
+        raise MemeInputError(f"row {row}: image is neither an existing file path nor valid base64") from None
     try:
         return _open_image(data, row, "base64 image data")
     except ValueError:
         if _pathlike(text):
-            raise ValueError(f"row {row}: image file not found: {text!r}") from None
+            raise MemeInputError(f"row {row}: image file not found: {text!r}") from None
         raise
 
 
@@ -169,7 +210,7 @@ def _text(value: Any, row: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if not isinstance(value, str):
-        raise ValueError(f"row {row}: text must be a string, got {type(value).__name__}")  # noqa: TRY004
+        raise MemeInputError(f"row {row}: text must be a string, got {type(value).__name__}")
     return value
 
 
@@ -179,17 +220,107 @@ def check_input_frame(frame: Any) -> pd.DataFrame:
         try:
             frame = pd.DataFrame(frame)
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"input cannot be read as a table: {_one_line(exc)}") from None
+            raise MemeInputError(f"input cannot be read as a table: {_one_line(exc)}") from None
     if not isinstance(frame, pd.DataFrame):
         got = type(frame).__name__
-        raise ValueError(f"input must be a pandas DataFrame with columns image, text; got {got}")  # noqa: TRY004
+        raise MemeInputError(f"input must be a pandas DataFrame with columns image, text; got {got}")
     missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(
+        raise MemeInputError(
             f"input is missing column(s) {', '.join(missing)}: expected 'image' (file path, base64 or bytes) "
             "and 'text' (str)"
         )
     return frame
+
+
+def _limit(value: Any) -> int | None:
+    """A ``max_image_*`` config value: a positive int, or None (0, None, "" = no limit)."""
+    return int(value) if value not in (None, "", 0, "0") and int(value) > 0 else None
+
+
+def _header_pixels(source: bytes | str) -> float | None:
+    """width x height from the image header (nothing decoded), inf for a decompression bomb over
+    Pillow's own limit, None when unreadable (left for :func:`decode_image` to report)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                width, height = im.size
+        except Image.DecompressionBombError:
+            return math.inf
+        except (OSError, ValueError):
+            return None
+    return float(width) * float(height)
+
+
+def check_image_limits(
+    frame: pd.DataFrame, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, base64_only: bool = False,
+) -> pd.DataFrame:  # fmt: skip
+    """Refuse oversized images before any is decoded (one-line :class:`MemeInputError`).
+
+    Sizes: the encoded bytes (decoded base64, the file, raw bytes) against ``max_bytes``;
+    width x height from the header against ``max_pixels``. With ``base64_only`` (a server: file
+    paths would read the server's disk) every string must be base64 image data; it is decoded
+    once here and handed on as bytes, so no file is ever opened. Cells of other types are left for
+    :func:`decode_image` to accept or report. Returns ``frame`` (a copy when cells were replaced).
+    """
+    values = frame["image"].tolist()
+    replaced: list[Any] = list(values)
+    changed = False
+    for row, value in enumerate(values):
+        source: bytes | str | None = None
+        if isinstance(value, Image.Image):
+            pixels: float | None = float(value.width) * float(value.height)
+            size = None
+        else:
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                source = bytes(value)
+            elif isinstance(value, Path) and not base64_only:
+                source = str(value) if value.is_file() else None
+            elif isinstance(value, str) and value.strip():
+                text = value.strip()
+                if not base64_only and len(text) < 4096 and os.path.isfile(os.path.expanduser(text)):
+                    source = os.path.expanduser(text)
+                else:
+                    try:
+                        source = _b64decode(text)
+                    except ValueError:
+                        if base64_only:
+                            raise MemeInputError(
+                                f"row {row}: image is not valid base64 (send the image file's bytes base64-encoded; "
+                                "file paths are not accepted here)"
+                            ) from None
+                    if base64_only:
+                        replaced[row], changed = source, True
+            if source is None:
+                continue
+            size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
+            pixels = None
+        if max_bytes is not None and size is not None and size > max_bytes:
+            mib = f" ({max_bytes / 2**20:.3g} MiB)" if max_bytes >= 2**20 else ""
+            raise MemeInputError(f"row {row}: image is {size} bytes, over the limit of {max_bytes} bytes{mib}")
+        if source is not None and (max_pixels is not None or base64_only):
+            pixels = _header_pixels(source)
+            if pixels is None and base64_only:
+                raise MemeInputError(f"row {row}: base64 image data is not a readable image")
+        if max_pixels is not None and pixels is not None and pixels > max_pixels:
+            shown = "more than Pillow's decompression-bomb limit" if math.isinf(pixels) else f"{int(pixels)}"
+            raise MemeInputError(
+                f"row {row}: image has {shown} pixels, over the limit of {max_pixels} pixels"
+            )
+    if not changed:
+        return frame
+    return frame.assign(image=pd.Series(replaced, index=frame.index, dtype=object))
+
+
+def _in_scoring_server() -> bool:
+    """Whether this process is MLflow's scoring server (``mlflow models serve`` sets the flag)."""
+    try:
+        from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(_MLFLOW_IS_IN_SERVING_ENVIRONMENT.get())
 
 
 # --------------------------------------------------------------------------- input encoders
@@ -411,8 +542,16 @@ def open_predictor(folder: str | Path, *, device: str = "cpu", batch_size: int =
 class MemePyfunc(_PythonModel):  # type: ignore[misc,valid-type]
     """``mlflow.pyfunc`` face of :class:`MemePredictor`; the folder is the ``model_dir`` artifact.
 
-    ``model_config`` (at log time, or ``mlflow.pyfunc.load_model(uri, model_config=...)``):
-    ``device`` (default "cpu") and ``batch_size`` (default 32).
+    ``model_config`` (at log time, ``mlflow.pyfunc.load_model(uri, model_config=...)``, or for a
+    server the ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` JSON environment variable): ``device`` (default
+    "cpu"), ``batch_size`` (default 32), ``max_image_bytes`` / ``max_image_pixels`` (defaults
+    :data:`DEFAULT_MAX_IMAGE_BYTES` / :data:`DEFAULT_MAX_IMAGE_PIXELS`; 0 = no limit) and
+    ``allow_image_paths`` (None = file paths are accepted except inside MLflow's scoring server,
+    where ``image`` must be base64).
+
+    Bad input raises :class:`ServedInputError`: a ``ValueError`` with the library's one-line
+    message that is also an ``MlflowException`` (``INVALID_PARAMETER_VALUE``), so
+    ``mlflow models serve`` answers HTTP 400 with that message.
     """
 
     def load_context(self, context: Any) -> None:
@@ -421,11 +560,23 @@ class MemePyfunc(_PythonModel):  # type: ignore[misc,valid-type]
             context.artifacts[ARTIFACT_KEY], device=str(cfg.get("device", "cpu")),
             batch_size=int(cfg.get("batch_size", 32)),
         )  # fmt: skip
+        self.max_image_bytes = _limit(cfg.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES))
+        self.max_image_pixels = _limit(cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+        self.allow_image_paths = cfg.get("allow_image_paths")
 
     # ``pd.DataFrame`` hints on purpose: MLflow 3 warns without hints and rejects most others
     # (``Any``); a DataFrame hint adds no conversion, the schema comes from the input example.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return self.predictor.predict(model_input)
+        paths = self.allow_image_paths
+        base64_only = _in_scoring_server() if paths is None else not bool(paths)
+        try:
+            frame = check_image_limits(
+                check_input_frame(model_input), max_bytes=self.max_image_bytes,
+                max_pixels=self.max_image_pixels, base64_only=base64_only,
+            )  # fmt: skip
+            return self.predictor.predict(frame)
+        except MemeInputError as exc:
+            raise ServedInputError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- packing and logging
@@ -612,7 +763,14 @@ def log_pyfunc(
             pip_requirements=pinned_requirements(REQUIREMENTS + EXTRA_REQUIREMENTS.get(spec["inputs"]["kind"], ())),
             registered_model_name=registered_model_name,
             # MLflow only lets load_model(model_config=...) override keys logged here: log both.
-            model_config={"device": "cpu", "batch_size": 32, **(model_config or {})},
+            model_config={
+                "device": "cpu",
+                "batch_size": 32,
+                "max_image_bytes": DEFAULT_MAX_IMAGE_BYTES,
+                "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS,
+                "allow_image_paths": None,
+                **(model_config or {}),
+            },
             metadata={
                 "memeops_model": spec["model"]["name"],
                 "tasks": [t["name"] for t in spec["tasks"]],
