@@ -135,6 +135,10 @@ def test_defaults_caps_and_overrides() -> None:
     assert params_to_overrides({"trainer.lr": 0.1, "config.dropout": 0.2}) == {"trainer": {"lr": 0.1}, "config": {"dropout": 0.2}}
     caps = trial_trainer_overrides(cfg.trainer_config("text_only"), TuneConfig(epochs=3, patience=2))
     assert caps == {"epochs": 3, "patience": 2, "warmup_epochs": 1.5}
+    # no cap (the default): trials train exactly like train@<variant>
+    base = cfg.trainer_config("text_only")
+    assert trial_trainer_overrides(base, TuneConfig()) == {"epochs": base.epochs, "patience": base.patience,
+                                                          "warmup_epochs": base.warmup_epochs}  # fmt: skip
     assert split_trials(5, 2) == [3, 2] and split_trials(1, 3) == [1]
 
 

@@ -192,8 +192,12 @@ class TuneConfig(BaseModel):
 
     variants: list[str] = Field(default_factory=list, description="variants tuned; the others get an empty tuning file")
     n_trials: int = Field(8, ge=1, description="trials per study, the defaults' trial 0 included")
-    epochs: int = Field(10, ge=1, description="per-trial epoch cap (the schedule is fitted to it)")
-    patience: int = Field(4, ge=1, description="per-trial early-stopping patience cap")
+    # None (default): trials train exactly as train@<variant> will (its epochs and patience), so the
+    # best trial's val value is the tuned model's. A cap makes the search cheaper but favours
+    # fast-converging settings: measured on SynthMeme, params tuned under an 8-epoch cap gave a WORSE
+    # full-length model than the defaults (docs/tuning.md).
+    epochs: int | None = Field(None, ge=1, description="per-trial epoch cap (None: the variant's own epochs)")
+    patience: int | None = Field(None, ge=1, description="per-trial patience cap (None: the variant's own)")
     sampler_seed: int = 0
     n_startup_trials: int = Field(3, ge=0, description="TPE's random trials (trial 0, the defaults, counts)")
     storage: str = Field("sqlite:///.cache/optuna/{variant}.db",
@@ -290,8 +294,9 @@ def default_params(space: Mapping[str, ParamSpec], variant: str, cfg: TrainStage
 
 def trial_trainer_overrides(base: TrainConfig, tune: TuneConfig) -> dict[str, Any]:
     """The budget caps every trial trains under (the full run keeps the params' epochs/patience)."""
-    epochs = min(base.epochs, tune.epochs)
-    return {"epochs": epochs, "patience": min(base.patience, tune.patience),
+    epochs = base.epochs if tune.epochs is None else min(base.epochs, tune.epochs)
+    patience = base.patience if tune.patience is None else min(base.patience, tune.patience)
+    return {"epochs": epochs, "patience": patience,
             "warmup_epochs": min(base.warmup_epochs, epochs / 2)}  # fmt: skip
 
 
