@@ -7,11 +7,12 @@ One Optuna study per variant:
   ``{type: float|int|categorical, low, high, log, step, choices}`` (:class:`ParamSpec`);
 * **seeded TPE** (``TPESampler(seed=tune.sampler_seed)``) and a **MedianPruner** fed the per-epoch
   VALIDATION monitor metric (``train.trainer.monitor``) by a trainer callback;
-* **trial 0 is the untuned defaults** (``study.enqueue_trial``), trained on the same capped budget
-  as every other trial, so "tuning beats the defaults" compares like with like;
+* **trial 0 is the untuned defaults** (``study.enqueue_trial``), trained on the same budget as
+  every other trial, so "tuning beats the defaults" compares like with like;
 * each trial trains through the one trainer (:func:`memeops.training.trainer.fit`) on the cached
-  features for at most ``tune.epochs`` epochs (``tune.patience`` early stopping) and returns its best
-  validation value. The test splits are never built, let alone scored;
+  features with the variant's own epochs / patience (or the optional caps ``tune.epochs`` /
+  ``tune.patience``) and returns its best validation value. The test splits are never built, let
+  alone scored;
 * **storage**: a sqlite file inside the project by default (``.cache/optuna/<variant>.db``); any
   SQLAlchemy URL (``postgresql://…``, ``mysql://…``) for workers on several machines, or
   ``journal:<file>`` (Optuna's JournalStorage + JournalFileBackend: its recommended multi-process
@@ -26,9 +27,10 @@ One Optuna study per variant:
   :func:`apply_tuned`, the best and the default validation value, trial counts. The file holds no
   timings, so retuning to the same result leaves ``train`` up to date.
 
-The per-trial epoch cap only makes the search cheap: the tuned variant is then trained by stage
-``train`` with its full ``epochs`` / ``patience`` (which is why epochs, patience, the monitor and
-the seed cannot be searched: see docs/tuning.md).
+Without caps a trial is the very run stage ``train`` will make with its params, so the best val
+value is the tuned model's; an optional cap only makes the search cheaper and is biased towards
+fast-learning settings (measured in docs/tuning.md). Epochs, patience, the monitor and the seed are
+the budget and the selection rule, so they cannot be searched.
 """
 
 from __future__ import annotations
