@@ -8,13 +8,13 @@ STAMP := $(VENV)/.installed-stamp
 # Offline switches and in-project tool state, from the one place that defines them.
 RUNTIME_ENV = eval "$$($(BIN)/memeops env)" && export PATH="$(BIN):$$PATH"
 
-.PHONY: install repro test test-fast bench ui serve mlflow-server flow lock clean help
+.PHONY: install browser repro test test-fast bench ui serve mlflow-server flow lock clean help
 
 help:
 	@echo "make repro   - create .venv, install, run the DVC pipeline (dvc repro)"
 	@echo "make test    - create .venv, install, run the test suite"
 	@echo "make test-fast - unit tests only (-m 'not slow')"
-	@echo "make bench   - benchmarks (after make repro) -> reports/bench.json"
+	@echo "make bench   - the whole pipeline from scratch in a temp copy, timed per stage, + epoch ratio, serving latency -> reports/bench.{json,md}"
 	@echo "make ui      - MLflow UI on the project's tracking store (http://127.0.0.1:5000)"
 	@echo "make serve   - serve models:/memeops-\$$VARIANT@\$$ALIAS (gatedclip@champion) on http://127.0.0.1:\$$PORT (5001)"
 	@echo "               POST /invocations; docs/serving.md"
@@ -31,17 +31,36 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
+# Headless Chromium for the report's browser test (tests/code/test_report_browser.py), from Debian's
+# packages. Idempotent: nothing to do when `chromium` is on PATH. Without apt-get (or without root /
+# sudo) it warns in one line and goes on; the test then skips, except under CI=true where it fails.
+browser:
+	@command -v chromium >/dev/null 2>&1 && exit 0; \
+	warn() { echo "warning: chromium not installed ($$1); the report browser test will skip (and fail under CI=true)" >&2; exit 0; }; \
+	command -v apt-get >/dev/null 2>&1 || warn "no apt-get"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else warn "not root and no sudo"; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	echo "installing chromium from Debian's packages (apt-get)"; \
+	$$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+	  || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+	  || warn "apt-get install chromium failed"; \
+	command -v chromium >/dev/null 2>&1 || warn "chromium still not on PATH"
+
 repro: install
 	$(RUNTIME_ENV) && dvc repro
 
-test: install
+test: install browser
 	$(RUNTIME_ENV) && pytest
 
-test-fast: install
+test-fast: install browser
 	$(RUNTIME_ENV) && pytest -m "not slow"
 
+# The whole default pipeline from scratch in a temp copy (stage times vs. the 20-minute budget, no-op
+# repro, throughput), then the cached-vs-recomputed epoch, encoder probes and serving latency on that
+# copy -> reports/bench.json + reports/bench.md (docs/bench.md). E.g. BENCH_ARGS="--keep".
+BENCH_ARGS ?=
 bench: install
-	$(RUNTIME_ENV) && python -m benchmarks.train_epoch && python -m benchmarks.encoder_probe
+	$(RUNTIME_ENV) && python -m benchmarks.run_all $(BENCH_ARGS)
 
 ui: install
 	$(RUNTIME_ENV) && MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server \

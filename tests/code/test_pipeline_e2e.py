@@ -113,6 +113,8 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert "hateful_explanation" in json.dumps(json.loads(predicted.stdout))
 
+    page = (project_copy / "reports" / "index.html").read_text(encoding="utf-8")
+    assert 'id="leaderboard"' in page and 'id="attention"' in page and 'src="http' not in page
     second = _run(["dvc", "repro"], project_copy, env)
     assert second.returncode == 0, second.stderr
     assert "Running stage" not in second.stdout, second.stdout
@@ -125,8 +127,9 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     third = _run(["dvc", "repro"], project_copy, env)
     assert third.returncode == 0, third.stderr
     ran = sorted(line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage"))
-    # tune@text_only re-runs too (text_only is not tuned by default: it rewrites its empty file quickly)
-    assert ran == ["train@text_only", "tune@text_only"], third.stdout
+    # tune@text_only re-runs too (text_only is not tuned by default: it rewrites its empty file quickly),
+    # and the two summaries that read its metrics; nothing upstream, no other variant
+    assert ran == ["compare", "report", "train@text_only", "tune@text_only"], third.stdout
 
     log = Path(env["MEMEOPS_NETGUARD_LOG"])
     assert not log.exists() or log.read_text() == "", f"non-loopback network use: {log.read_text()}"
