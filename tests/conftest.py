@@ -60,3 +60,42 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
         PATH=os.pathsep.join([str(venv_bin()), env.get("PATH", "")]),
     )
     return env
+
+
+def _forget_prefect_exit_hooks() -> None:
+    """Drain Prefect's queue services and drop the exit hooks they left behind.
+
+    Prefect (3.8.8) registers each queue service's ``_at_exit`` with ``threading._register_atexit``
+    and never removes it. In a process forked later (a DataLoader worker of another test) the hook
+    runs on a service that the fork handler has reset, asserts, and the child exits with code 1
+    ("DataLoader worker exited unexpectedly"). Only tests host Prefect in the pytest process; the
+    project runs flows in their own processes, so this clean-up lives here.
+    """
+    import threading
+
+    from prefect._internal.concurrency.services import _QueueServiceBase
+
+    _QueueServiceBase.drain_all(timeout=10)
+    hooks = getattr(threading, "_threading_atexits", None)
+    if hooks is not None:
+        hooks[:] = [h for h in hooks if not isinstance(getattr(getattr(h, "func", h), "__self__", None), _QueueServiceBase)]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """``with prefect_harness(home, **harness_kwargs):`` Prefect's test harness with PREFECT_HOME at
+    ``home``, leaving no Prefect exit hooks behind in the pytest process (see above)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def harness(home: Path, **kwargs):
+        from prefect.settings import PREFECT_HOME, temporary_settings
+        from prefect.testing.utilities import prefect_test_harness
+
+        try:
+            with temporary_settings({PREFECT_HOME: str(home)}), prefect_test_harness(**kwargs):
+                yield
+        finally:
+            _forget_prefect_exit_hooks()
+
+    return harness

@@ -31,7 +31,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
 from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
 from flows import pipeline as fp
 
@@ -118,11 +117,9 @@ def ran_log(project: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def harness(tmp_path_factory: pytest.TempPathFactory):
+def harness(tmp_path_factory: pytest.TempPathFactory, prefect_harness):
     """One temporary Prefect API (sqlite in a temp dir) for the module; PREFECT_HOME in tmp too;
     the stages' Python subprocesses load the socket guard."""
-    from prefect.settings import PREFECT_HOME, temporary_settings
-
     home = tmp_path_factory.mktemp("prefect-home")
     log = tmp_path_factory.mktemp("netguard") / "netguard.log"
     netguard_dir = Path(__file__).resolve().parents[1] / "netguard"
@@ -130,7 +127,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(netguard_dir), saved["PYTHONPATH"]]))
     os.environ["MEMEOPS_NETGUARD_LOG"] = str(log)
     try:
-        with temporary_settings({PREFECT_HOME: str(home)}), prefect_test_harness(server_startup_timeout=60):
+        with prefect_harness(home, server_startup_timeout=60):
             yield
     finally:
         for key, value in saved.items():

@@ -44,7 +44,7 @@ def _deep_update(base: dict, extra: dict) -> dict:
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=840)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert "metaphor" in json.dumps(json.loads(predicted.stdout))
 
-    tuning = json.loads((project_copy / "reports" / "tuning" / "gatedclip.json").read_text())
+    tuning = json.loads((project_copy / "reports" / "tuning" / "gatedclip_mt.json").read_text())
     assert tuning["tuned"] and tuning["n_trials"]["total"] == 2 and tuning["default_value"] is not None, tuning
     # the VLM: trained in the pipeline, scored on every split, registered, served from the registry
     vlm = json.loads((project_copy / "reports" / "metrics" / "vlm.json").read_text())
@@ -113,6 +113,10 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert "hateful_explanation" in json.dumps(json.loads(predicted.stdout))
 
+    evaluation = json.loads((project_copy / "reports" / "evaluation.json").read_text())
+    for variant in (*VARIANTS, "vlm"):  # the challengers, scored from the predictions logged at training
+        test = evaluation["variants"][variant]["versions"]["challenger"]["splits"]["test"]
+        assert test["status"] == "ok" and test["overall"] and test["ece"], (variant, test.get("notes"))
     page = (project_copy / "reports" / "index.html").read_text(encoding="utf-8")
     assert 'id="leaderboard"' in page and 'id="attention"' in page and 'src="http' not in page
     second = _run(["dvc", "repro"], project_copy, env)
@@ -129,7 +133,7 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     ran = sorted(line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage"))
     # tune@text_only re-runs too (text_only is not tuned by default: it rewrites its empty file quickly),
     # and the two summaries that read its metrics; nothing upstream, no other variant
-    assert ran == ["compare", "report", "train@text_only", "tune@text_only"], third.stdout
+    assert ran == ["compare", "evaluate", "report", "train@text_only", "tune@text_only"], third.stdout
 
     log = Path(env["MEMEOPS_NETGUARD_LOG"])
     assert not log.exists() or log.read_text() == "", f"non-loopback network use: {log.read_text()}"

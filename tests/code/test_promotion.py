@@ -375,17 +375,14 @@ def test_cli_promote_dry_run_and_errors(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 @pytest.mark.slow  # the harness starts a temporary Prefect server (~5-15 s)
-def test_prefect_flow_promotes(tmp_path: Path, repo_root: Path) -> None:
-    from prefect.settings import PREFECT_HOME, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_prefect_flow_promotes(tmp_path: Path, repo_root: Path, prefect_harness) -> None:
     if str(repo_root) not in sys.path:
         sys.path.insert(0, str(repo_root))
     from flows.promote import promote_flow
 
     variant, v1 = _with_champion(skill=0.7)
     v2 = _register(variant, _predictions(2.0, seed=1))
-    with temporary_settings({PREFECT_HOME: tmp_path / "prefect"}), prefect_test_harness():
+    with prefect_harness(tmp_path / "prefect"):
         dry = promote_flow(variant, dry_run=True, params_path=str(repo_root / "params.yaml"))
         assert dry["decision"] == PROMOTED and dry["dry_run"] and _champion(variant) == v1
         result = promote_flow(variant, params_path=str(repo_root / "params.yaml"))

@@ -1,0 +1,791 @@
+"""Stage ``evaluate``: the registered ``challenger`` and ``champion`` of every variant, on the test splits.
+
+Test data is scored ONCE per final model, by its training stage, which logs the per-meme
+predictions as the run artifact ``predictions/<split>.parquet``
+(:func:`memeops.tracking.promotion.log_eval_predictions`). This module never runs a model: for each
+variant it resolves the versions behind the aliases of ``memeops-<variant>``
+(:mod:`memeops.tracking.registry`), finds each version's source run, reads its logged predictions
+of every requested split, joins them with the meme table on ``meme_id`` and computes
+
+* per task: accuracy, macro-F1, weighted F1 / precision / recall (single-label; multi-label tasks
+  get micro / macro / weighted F1 and subset accuracy), AUROC for binary tasks, ``n`` -- the point
+  values from :func:`memeops.evaluation.metrics.task_metrics` (sklearn, the project's conventions);
+* a seeded percentile-bootstrap 95% interval of every one of those metrics and of the task's
+  expected calibration error (labelled rows resampled, as
+  :func:`memeops.evaluation.metrics.bootstrap_ci` does, but all resamples at once: the metrics
+  come from resample-weighted confusion counts, see :func:`bootstrap_task_cis`), plus an interval
+  of the mean primary metric over tasks from memes resampled jointly for all tasks;
+* top-label expected calibration error (:mod:`memeops.evaluation.calibration`) per task and pooled
+  over tasks, and the pooled reliability bins (drawn by :func:`plot_reliability`);
+* the same per-task metrics by ``source``, by ``language`` and by image style (SynthMeme's
+  background style, ``extra["style"]`` of the meme table: see
+  :mod:`memeops.data.loaders.synthmeme`); a group whose labelled rows for a task number fewer than
+  ``min_group_size`` keeps its ``n`` and ``small: true`` but no metrics (noise, not information).
+
+What cannot be evaluated is said, never guessed: a variant never registered, no champion yet (the
+challenger alone is evaluated), champion and challenger the same version (evaluated once), a run
+without the predictions artifact (a version that predates the logging: retrain it). Predictions
+whose memes are missing from the meme table, or sit in another split there, are refused with one
+line (:class:`EvaluationError`): the table changed since the run, so its numbers would be wrong.
+
+Output (:func:`evaluate_variants`): one JSON-able dict, ``variants -> <variant> -> versions ->
+<alias> -> splits -> <split> -> {overall, summary, by_source, by_language, by_style, ece, notes}``;
+:func:`markdown_report` renders it, :func:`headline_metrics` flattens its summaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from memeops.evaluation.calibration import (
+    DEFAULT_BINS,
+    ReliabilityBins,
+    ece_from_confidence,
+    reliability_bins,
+    task_confidence,
+)
+from memeops.evaluation.metrics import MULTI_THRESHOLD, task_metrics
+from memeops.models.base import TaskSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from memeops.tracking.promotion import TaskArrays
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+ALIASES = (CHALLENGER, CHAMPION)
+BREAKDOWNS = ("source", "language", "style")
+MISSING, REFUSED = "missing", "refused"
+
+
+class EvaluationError(ValueError):
+    """Predictions that cannot be evaluated against the meme table (one-line message)."""
+
+
+class EvaluateConfig(BaseModel):
+    """``params.evaluate``: which registered models, which splits, and the statistics' settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variants: list[str] | None = Field(
+        None, description="variants (registered as memeops-<variant>); None: every train variant + vlm"
+    )
+    splits: list[str] = Field(default_factory=lambda: ["test", "test_unseen"])
+    n_boot: int = Field(1000, ge=0, description="bootstrap resamples per interval (0: no intervals)")
+    seed: int = 0
+    ece_bins: int = Field(DEFAULT_BINS, ge=1, le=1000)
+    min_group_size: int = Field(
+        20, ge=1, description="breakdown groups with fewer labelled rows get no metrics"
+    )
+
+    @field_validator("splits")
+    @classmethod
+    def _evaluation_splits(cls, splits: list[str]) -> list[str]:
+        if not splits:
+            raise ValueError("at least one split")
+        if "train" in splits:
+            raise ValueError("the train split measures fit, not generalisation")
+        if len(set(splits)) != len(splits):
+            raise ValueError(f"duplicate splits in {splits}")
+        return splits
+
+    def variants_or(self, default: Sequence[str]) -> list[str]:
+        return list(self.variants) if self.variants else list(default)
+
+
+def primary_metric(spec: TaskSpec) -> str:
+    """AUROC for binary tasks, macro-F1 otherwise (the rule of
+    :func:`memeops.training.experiment.primary_metric`, without importing the training stack)."""
+    return "auroc" if spec.is_binary else "macro_f1"
+
+
+def file_md5(path: str | Path) -> str:
+    """DVC's md5 of a file (= :func:`memeops.training.experiment.file_md5`): the runs' data digest."""
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the meme table side
+
+
+def meme_attributes(memes: pd.DataFrame) -> pd.DataFrame:
+    """``meme_id``-indexed ``split, source, language, style`` of the consolidated meme table;
+    ``style`` is ``extra["style"]`` (a JSON column; SynthMeme's image background style), None
+    where a source has none."""
+    import pandas as pd
+
+    def style(extra: Any) -> str | None:
+        if extra is None or (isinstance(extra, float) and math.isnan(extra)):
+            return None
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra)
+            except ValueError:
+                return None
+        value = extra.get("style") if isinstance(extra, Mapping) else None
+        return None if value is None or value == "" else str(value)
+
+    missing = [c for c in ("meme_id", "split") if c not in memes.columns]
+    if missing:
+        raise EvaluationError(f"the meme table lacks columns {missing}")
+    out = pd.DataFrame({
+        "split": memes["split"].astype(str).to_numpy(),
+        "source": memes["source"].astype(str).to_numpy() if "source" in memes else "unknown",
+        "language": memes["language"].astype(str).to_numpy() if "language" in memes else "unknown",
+        "style": memes["extra"].map(style).to_numpy() if "extra" in memes else None,
+    }, index=pd.Index(memes["meme_id"].astype(str), name="meme_id"))  # fmt: skip
+    return out[~out.index.duplicated(keep="first")]
+
+
+def check_split(attrs: pd.DataFrame, meme_ids: Sequence[str], split: str, what: str) -> None:
+    """Refuse (one line) predictions whose memes are not in the table or not in ``split`` there."""
+    ids = list(meme_ids)
+    known = attrs.index.isin(ids)
+    absent = len(set(ids)) - int(known.sum())
+    if absent:
+        example = next(m for m in ids if m not in attrs.index)
+        raise EvaluationError(
+            f"{what}: {absent} of {len(set(ids))} predicted memes are not in the meme table (e.g. {example}); "
+            "the table changed since that run: retrain it or restore the data"
+        )
+    actual = attrs.loc[ids, "split"]
+    wrong = actual[actual != split]
+    if len(wrong):
+        found = ", ".join(f"{s} ({c})" for s, c in wrong.value_counts().items())
+        raise EvaluationError(
+            f"{what}: {len(wrong)} of {len(ids)} memes are not in split {split!r} of the meme table but in {found}; "
+            "refusing: the memes were re-split since that run (retrain it)"
+        )
+
+
+# --------------------------------------------------------------------------- vectorised bootstrap
+
+
+def resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_boot, n]`` multiplicities of ``n_boot`` resamples with replacement of ``n`` rows."""
+    idx = rng.integers(0, n, size=(n_boot, n))
+    flat = (np.arange(n_boot)[:, None] * n + idx).ravel()
+    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b > 0)
+
+
+def _single_weighted(probs: np.ndarray, y: np.ndarray, w: np.ndarray, binary: bool) -> dict[str, np.ndarray]:
+    """Single-label metrics for each row of weights ``w`` ``[B, n]`` (multiplicities): equal to
+    sklearn's with ``zero_division=0`` (macro over classes in targets or predictions; weighted by
+    true support) evaluated on the resample the weights describe."""
+    n_labels = probs.shape[1]
+    pred = probs.argmax(axis=1)
+    cell = y.astype(np.int64) * n_labels + pred
+    onehot = np.zeros((len(y), n_labels * n_labels))
+    onehot[np.arange(len(y)), cell] = 1.0
+    conf = (w @ onehot).reshape(len(w), n_labels, n_labels)  # [B, true, pred]
+    tp = np.diagonal(conf, axis1=1, axis2=2)
+    n_true, n_pred = conf.sum(axis=2), conf.sum(axis=1)
+    total = n_true.sum(axis=1)
+    f1 = _div(2 * tp, n_true + n_pred)
+    present = (n_true + n_pred) > 0
+    out = {
+        "accuracy": _div(tp.sum(axis=1), total),
+        "macro_f1": np.where(
+            present.any(axis=1), (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1), np.nan
+        ),
+        "weighted_f1": _div((n_true * f1).sum(axis=1), total),
+        "weighted_precision": _div((n_true * _div(tp, n_pred)).sum(axis=1), total),
+        "weighted_recall": _div((n_true * _div(tp, n_true)).sum(axis=1), total),
+    }
+    if binary:
+        out["auroc"] = _weighted_auroc(probs[:, 1], y, w)
+    return out
+
+
+def _weighted_auroc(scores: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Binary AUROC per weight row: the Mann-Whitney statistic with ties counted half
+    (= sklearn's roc_auc_score on the resample); NaN where a resample has one class."""
+    order = np.argsort(scores, kind="mergesort")
+    s, pos = scores[order], y[order].astype(bool)
+    ws = w[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # groups of tied scores
+    g_pos = np.add.reduceat(ws * pos, starts, axis=1)
+    g_neg = np.add.reduceat(ws * ~pos, starts, axis=1)
+    neg_below = np.cumsum(g_neg, axis=1) - g_neg
+    u = (g_pos * (neg_below + 0.5 * g_neg)).sum(axis=1)
+    n_pos, n_neg = g_pos.sum(axis=1), g_neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def _multi_weighted(probs: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Multi-label metrics per weight row (= sklearn's with ``zero_division=0``, predictions
+    ``p >= 0.5``)."""
+    pred = probs >= MULTI_THRESHOLD
+    truth = y >= 0.5
+    tp = w @ (pred & truth).astype(np.float64)
+    fp = w @ (pred & ~truth).astype(np.float64)
+    fn = w @ (~pred & truth).astype(np.float64)
+    support = tp + fn
+    f1 = _div(2 * tp, 2 * tp + fp + fn)
+    exact = w @ (pred == truth).all(axis=1).astype(np.float64)
+    return {
+        "micro_f1": _div(2 * tp.sum(axis=1), (2 * tp + fp + fn).sum(axis=1)),
+        "macro_f1": f1.mean(axis=1),
+        "weighted_f1": _div((support * f1).sum(axis=1), support.sum(axis=1)),
+        "subset_accuracy": _div(exact, w.sum(axis=1)),
+    }
+
+
+def weighted_task_metrics(
+    spec: TaskSpec, probs: np.ndarray, targets: np.ndarray, w: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every metric of :func:`task_metrics` for each row of resample weights ``w`` ``[B, n]``
+    (labelled rows only); ``w = ones`` gives the point values."""
+    if spec.kind == "multi":
+        return _multi_weighted(probs, targets, w)
+    return _single_weighted(probs, targets, w, spec.is_binary)
+
+
+def weighted_ece(
+    spec: TaskSpec, probs: np.ndarray, targets: np.ndarray, w: np.ndarray, n_bins: int
+) -> np.ndarray:
+    """The task's expected calibration error per row of resample weights ``w``."""
+    conf, correct = task_confidence(probs, targets, spec.kind)
+    if spec.kind == "multi":  # per (meme, label) pairs: a meme's weight on each of its labels
+        w = np.repeat(w, probs.shape[1], axis=1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.searchsorted(edges[1:-1], np.clip(conf, 0.0, 1.0), side="left")
+    onehot = np.zeros((len(conf), n_bins))
+    onehot[np.arange(len(conf)), idx] = 1.0
+    count = w @ onehot
+    gap = np.abs(
+        w @ (onehot * correct[:, None]) - w @ (onehot * conf[:, None])
+    )  # |sum ok - sum conf| per bin
+    return _div(gap.sum(axis=1), count.sum(axis=1))
+
+
+def _percentile_ci(values: np.ndarray) -> list[float] | None:
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return None
+    low, high = np.percentile(values, [2.5, 97.5])
+    return [round(float(low), 6), round(float(high), 6)]
+
+
+def bootstrap_task_cis(
+    spec: TaskSpec, probs: np.ndarray, targets: np.ndarray, *, n_boot: int, seed: int, n_bins: int,
+    metrics: Sequence[str] | None = None, chunk: int = 250,
+) -> dict[str, list[float] | None]:  # fmt: skip
+    """Seeded percentile-bootstrap 95% intervals of the task's metrics (``metrics``: a subset;
+    None: all, and ``ece``) on its labelled rows. The resamples are drawn as in
+    :func:`memeops.evaluation.metrics.bootstrap_ci` (rows with replacement, NaN resamples skipped)
+    and evaluated all at once from weighted counts (chunks of ``chunk`` resamples bound memory)."""
+    n = len(targets)
+    if n_boot == 0 or n == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    collected: dict[str, list[np.ndarray]] = {}
+    done = 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        w = resample_weights(n, b, rng)
+        values = weighted_task_metrics(spec, probs, targets, w)
+        if metrics is None or "ece" in metrics:
+            values["ece"] = weighted_ece(spec, probs, targets, w, n_bins)
+        for name, v in values.items():
+            if metrics is None or name in metrics:
+                collected.setdefault(name, []).append(v)
+        done += b
+    return {name: _percentile_ci(np.concatenate(parts)) for name, parts in collected.items()}
+
+
+def bootstrap_mean_primary(
+    arrays: Mapping[str, TaskArrays], rows: np.ndarray, *, n_boot: int, seed: int, chunk: int = 250,
+) -> list[float] | None:  # fmt: skip
+    """95% interval of the mean over tasks of each task's primary metric, memes (``rows`` of the
+    arrays) resampled jointly for all tasks; each task uses the labelled memes among them (the
+    statistic promotion compares, :func:`memeops.tracking.promotion.paired_bootstrap`)."""
+    tasks = [t for t, a in arrays.items() if a.mask[rows].any()]
+    if n_boot == 0 or not tasks or len(rows) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    parts, done = [], 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        w = resample_weights(len(rows), b, rng)
+        per_task = []
+        for task in tasks:
+            a = arrays[task]
+            keep = a.mask[rows]
+            sel = rows[keep]
+            values = weighted_task_metrics(a.spec, a.probs[sel], a.targets[sel], w[:, keep])
+            metric = values[primary_metric(a.spec)]
+            per_task.append(np.where(w[:, keep].sum(axis=1) > 0, metric, np.nan))
+        parts.append(np.mean(per_task, axis=0))  # NaN when a task is undefined on the resample
+        done += b
+    return _percentile_ci(np.concatenate(parts))
+
+
+# --------------------------------------------------------------------------- one split of one model
+
+
+def _clean(value: Any) -> Any:
+    """JSON-able: numpy scalars -> float, NaN -> None, rounded."""
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(float(value)) else round(float(value), 6)
+    return value
+
+
+def fast_task_metrics(spec: TaskSpec, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """:func:`memeops.evaluation.metrics.task_metrics` (same keys, same values: tested) from the
+    vectorised counts, ~20x faster than sklearn's; used for the many small breakdown groups."""
+    values = weighted_task_metrics(spec, probs, targets, np.ones((1, len(targets))))
+    return {**{k: float(v[0]) for k, v in values.items()}, "n": float(len(targets))}
+
+
+def task_block(
+    spec: TaskSpec, probs: np.ndarray, targets: np.ndarray, cfg: EvaluateConfig, *, ci: str = "all",
+    fast: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """One task on labelled rows: point metrics (:func:`task_metrics`, or :func:`fast_task_metrics`
+    with ``fast``), ``n``, ``primary``, ``ece`` and ``ci95`` (``ci``: ``all`` metrics, ``primary``
+    only, or ``none``)."""
+    if not len(targets):
+        metrics: dict[str, float] = {"n": 0.0}
+    else:
+        metrics = fast_task_metrics(spec, probs, targets) if fast else task_metrics(probs, targets, spec)
+    conf, correct = task_confidence(probs, targets, spec.kind)
+    out: dict[str, Any] = {k: v for k, v in metrics.items() if k != "n"}
+    out["ece"] = ece_from_confidence(conf, correct, cfg.ece_bins) if len(conf) else math.nan
+    out["n"] = len(targets)
+    out["primary"] = primary_metric(spec)
+    if ci != "none" and len(targets):
+        wanted = None if ci == "all" else [primary_metric(spec)]
+        out["ci95"] = bootstrap_task_cis(spec, probs, targets, n_boot=cfg.n_boot, seed=cfg.seed,
+                                         n_bins=cfg.ece_bins, metrics=wanted)  # fmt: skip
+    return out
+
+
+def _summary(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    primaries = [t[t["primary"]] for t in tasks.values() if "primary" in t and not _nan(t.get(t["primary"]))]
+    macro = [t["macro_f1"] for t in tasks.values() if not _nan(t.get("macro_f1"))]
+    return {"mean_primary": float(np.mean(primaries)) if primaries else math.nan,
+            "mean_macro_f1": float(np.mean(macro)) if macro else math.nan,
+            "tasks": len(tasks)}  # fmt: skip
+
+
+def _nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+@dataclass
+class SplitResult:
+    """One split of one model version: the JSON block and the pooled reliability bins."""
+
+    block: dict[str, Any]
+    bins: ReliabilityBins | None = None
+
+
+def evaluate_split(
+    frame: pd.DataFrame, attrs: pd.DataFrame, split: str, cfg: EvaluateConfig, *, what: str = "predictions",
+) -> SplitResult:  # fmt: skip
+    """Every number of one logged predictions frame (:data:`PREDICTION_COLUMNS`) on ``split``.
+
+    ``attrs``: :func:`meme_attributes` of the meme table; the frame's memes must all be in it and in
+    ``split`` (else :class:`EvaluationError`)."""
+    from memeops.tracking.promotion import frame_arrays
+
+    ids = list(dict.fromkeys(frame["meme_id"].astype(str)))
+    check_split(attrs, ids, split, what)
+    try:
+        arrays = frame_arrays(frame, ids)
+    except ValueError as exc:
+        raise EvaluationError(f"{what}: {exc}") from None
+    meta = attrs.loc[ids]
+    notes: list[str] = []
+    in_split = int((attrs["split"] == split).sum())
+    if in_split != len(ids):
+        notes.append(f"the predictions cover {len(ids)} of the {in_split} {split} memes of the meme table")
+    all_rows = np.arange(len(ids))
+
+    overall, conf_parts, ok_parts = {}, [], []
+    ece_tasks: dict[str, float] = {}
+    for task, a in arrays.items():
+        p, t = a.probs[a.mask], a.targets[a.mask]
+        overall[task] = task_block(a.spec, p, t, cfg, ci="all")
+        ece_tasks[task] = overall[task]["ece"]
+        conf, ok = task_confidence(p, t, a.spec.kind)
+        conf_parts.append(conf)
+        ok_parts.append(ok)
+    bins = reliability_bins(np.concatenate(conf_parts) if conf_parts else np.empty(0),
+                            np.concatenate(ok_parts) if ok_parts else np.empty(0, dtype=bool), cfg.ece_bins)  # fmt: skip
+    summary = _summary(overall)
+    summary["mean_primary_ci95"] = bootstrap_mean_primary(arrays, all_rows, n_boot=cfg.n_boot, seed=cfg.seed)
+    summary["ece_pooled"] = bins.ece
+    summary["n_memes"] = len(ids)
+
+    breakdowns: dict[str, dict[str, Any]] = {}
+    for column in BREAKDOWNS:
+        values = meta[column].to_numpy(dtype=object)
+        has = np.array([v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values])
+        groups: dict[str, Any] = {}
+        if not has.any():
+            notes.append(f"by_{column}: skipped, no meme of this split has a {column}")
+        else:
+            if not has.all():
+                without = sorted(set(meta.loc[~has, "source"].astype(str)))
+                notes.append(
+                    f"by_{column}: {int((~has).sum())} memes without a {column} (sources {', '.join(without)}) left out"
+                )
+            for value in sorted({str(v) for v in values[has]}):
+                rows = np.flatnonzero(has & (values == value))
+                groups[value] = _group_block(arrays, rows, cfg)
+        breakdowns[f"by_{column}"] = groups
+
+    block = {"status": "ok", "n_memes": len(ids), "summary": summary, "overall": overall, **breakdowns,
+             "ece": {"pooled": bins.ece, "per_task": ece_tasks, "n_bins": cfg.ece_bins, "bins": bins.to_dict()},
+             "notes": notes}  # fmt: skip
+    return SplitResult(_clean(block), bins)
+
+
+def _group_block(arrays: Mapping[str, TaskArrays], rows: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:
+    tasks: dict[str, Any] = {}
+    small: list[str] = []
+    for task, a in arrays.items():
+        sel = rows[a.mask[rows]]
+        if len(sel) < cfg.min_group_size:
+            tasks[task] = {"n": len(sel), "small": True, "primary": primary_metric(a.spec)}
+            small.append(task)
+            continue
+        tasks[task] = {
+            **task_block(a.spec, a.probs[sel], a.targets[sel], cfg, ci="primary", fast=True),
+            "small": False,
+        }
+    measured = {k: v for k, v in tasks.items() if not v["small"]}
+    summary = _summary(measured)
+    if measured:
+        summary["mean_primary_ci95"] = bootstrap_mean_primary(
+            {k: arrays[k] for k in measured}, rows, n_boot=cfg.n_boot, seed=cfg.seed)  # fmt: skip
+    return {"n_memes": len(rows), "small": len(small) == len(tasks), "small_tasks": small,
+            "summary": summary, "tasks": tasks}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- registry side
+
+
+@dataclass
+class VersionRef:
+    """A registered version and the aliases pointing at it."""
+
+    version: str
+    aliases: list[str]
+    run_id: str | None
+    run_tags: dict[str, str] = field(default_factory=dict)
+
+
+def _source_run_id(client: Any, mv: Any) -> str | None:
+    run_id = getattr(mv, "run_id", None)
+    if not run_id and getattr(mv, "model_id", None):
+        try:
+            run_id = client.get_logged_model(mv.model_id).source_run_id
+        except Exception:  # noqa: BLE001 - reported as "no source run"
+            run_id = None
+    return run_id or None
+
+
+def resolve_versions(variant: str, client: Any | None = None) -> tuple[list[VersionRef], list[str]]:
+    """The distinct versions behind ``challenger`` / ``champion`` of ``memeops-<variant>`` (one
+    entry when both name the same version) and notes on what is absent."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from memeops.tracking.registry import registered_model_name
+
+    client = client or mlflow.MlflowClient()
+    name = registered_model_name(variant)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        return [], [f"no registered model {name}: the variant was never trained with registration on"]
+    refs: dict[str, VersionRef] = {}
+    notes: list[str] = []
+    for alias in ALIASES:
+        try:
+            mv = client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            notes.append(
+                f"no {alias} yet: {'only the challenger is evaluated' if alias == CHAMPION else 'nothing to evaluate'}"
+            )
+            continue
+        version = str(mv.version)
+        if version in refs:
+            refs[version].aliases.append(alias)
+            notes.append(
+                f"{alias} is the same version as {refs[version].aliases[0]} (v{version}): evaluated once"
+            )
+            continue
+        run_id = _source_run_id(client, mv)
+        tags: dict[str, str] = {}
+        if run_id:
+            try:
+                tags = dict(client.get_run(run_id).data.tags)
+            except MlflowException:
+                notes.append(f"{alias} v{version}: its source run {run_id} is gone")
+                run_id = None
+        refs[version] = VersionRef(version, [alias], run_id, tags)
+    return list(refs.values()), notes
+
+
+PredictionLoader = Callable[[str, str], "pd.DataFrame | None"]
+
+
+def evaluate_variant(
+    variant: str, attrs: pd.DataFrame, cfg: EvaluateConfig, *, data_digest: str | None = None,
+    client: Any | None = None, loader: PredictionLoader | None = None,
+) -> tuple[dict[str, Any], dict[str, ReliabilityBins]]:  # fmt: skip
+    """One variant: ``(JSON block, {"<alias> v<version> · <split>": pooled reliability bins})``."""
+    from memeops.tracking.promotion import PREDICTIONS_DIR, load_eval_predictions
+    from memeops.tracking.registry import registered_model_name
+    from memeops.tracking.runs import TAG_DATA_DIGEST
+
+    loader = loader or load_eval_predictions
+    refs, notes = resolve_versions(variant, client)
+    name = registered_model_name(variant)
+    versions: dict[str, Any] = {}
+    curves: dict[str, ReliabilityBins] = {}
+    for ref in refs:
+        primary_alias = ref.aliases[0]
+        entry: dict[str, Any] = {"version": ref.version, "aliases": list(ref.aliases), "run_id": ref.run_id,
+                                 "stage": ref.run_tags.get("memeops.dvc_stage"),
+                                 "data_digest": ref.run_tags.get(TAG_DATA_DIGEST), "notes": [], "splits": {}}  # fmt: skip
+        if data_digest and entry["data_digest"] and entry["data_digest"] != data_digest:
+            entry["notes"].append(f"trained on another meme table (data digest {entry['data_digest']}, now "
+                                  f"{data_digest}); its memes are still checked against the table")  # fmt: skip
+        if ref.run_id is None:
+            entry["notes"].append("no source run: nothing to read")
+        for split in cfg.splits:
+            if ref.run_id is None:
+                entry["splits"][split] = {"status": MISSING, "note": "no source run"}
+                continue
+            frame = loader(ref.run_id, split)
+            if frame is None or len(frame) == 0:
+                entry["splits"][split] = {"status": MISSING, "note": (
+                    f"run {ref.run_id} logged no {PREDICTIONS_DIR}/{split}.parquet (a version that predates "
+                    "the prediction logging, or a split it was not scored on): retrain to evaluate it")}  # fmt: skip
+                continue
+            what = f"{name} v{ref.version} ({'/'.join(ref.aliases)}) {PREDICTIONS_DIR}/{split}.parquet"
+            result = evaluate_split(frame, attrs, split, cfg, what=what)
+            entry["splits"][split] = result.block
+            if result.bins is not None and result.bins.n:
+                curves[f"{'+'.join(ref.aliases)} v{ref.version} · {split}"] = result.bins
+        for alias in ref.aliases:
+            versions[alias] = (
+                entry if alias == primary_alias else {"version": ref.version, "same_as": primary_alias}
+            )
+    for alias in ALIASES:
+        if alias not in versions:
+            versions[alias] = {"status": "absent", "note": f"{name} has no {alias} alias"}
+    block = {"registered_model": name, "notes": notes, "versions": versions}
+    return _clean(block), curves
+
+
+def evaluate_variants(
+    variants: Sequence[str], memes: pd.DataFrame, cfg: EvaluateConfig, *, data_digest: str | None = None,
+    client: Any | None = None, loader: PredictionLoader | None = None,
+) -> tuple[dict[str, Any], dict[str, dict[str, ReliabilityBins]]]:  # fmt: skip
+    """Every variant: ``(report, {variant: reliability curves})``; the report is JSON-able."""
+    attrs = meme_attributes(memes)
+    out: dict[str, Any] = {}
+    curves: dict[str, dict[str, ReliabilityBins]] = {}
+    for variant in variants:
+        out[variant], curves[variant] = evaluate_variant(variant, attrs, cfg, data_digest=data_digest,
+                                                         client=client, loader=loader)  # fmt: skip
+    report = {"settings": cfg.model_dump(mode="json") | {"variants": list(variants)},
+              "data_digest": data_digest, "variants": out}  # fmt: skip
+    return report, curves
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def evaluated_splits(report: Mapping[str, Any]) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+    """``(variant, alias label, version, split, block)`` for every evaluated split (status ok)."""
+    rows = []
+    for variant, vb in report.get("variants", {}).items():
+        for alias, entry in vb.get("versions", {}).items():
+            if "splits" not in entry:
+                continue
+            label = "+".join(entry.get("aliases") or [alias])
+            for split, block in entry["splits"].items():
+                if block.get("status") == "ok":
+                    rows.append((variant, label, str(entry["version"]), split, block))
+    return rows
+
+
+def headline_metrics(report: Mapping[str, Any]) -> dict[str, dict[str, dict[str, dict[str, float | None]]]]:
+    """``{variant: {alias: {split: {mean_primary, mean_macro_f1, ece, n_memes}}}}`` (the DVC metrics
+    file; an alias shared by two versions appears under both names)."""
+    out: dict[str, Any] = {}
+    for variant, vb in report.get("variants", {}).items():
+        for alias, entry in vb.get("versions", {}).items():
+            source = vb["versions"].get(entry.get("same_as"), entry) if "same_as" in entry else entry
+            for split, block in (source.get("splits") or {}).items():
+                if block.get("status") != "ok":
+                    continue
+                s = block["summary"]
+                out.setdefault(variant, {}).setdefault(alias, {})[split] = {
+                    "version": int(source["version"]) if str(source["version"]).isdigit() else source["version"],
+                    "mean_primary": s["mean_primary"], "mean_macro_f1": s["mean_macro_f1"],
+                    "ece": s["ece_pooled"], "n_memes": s["n_memes"]}  # fmt: skip
+    return out
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "–" if _nan(value) else f"{value:.{digits}f}"
+
+
+def _fmt_ci(ci: Any) -> str:
+    return "" if not ci else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows), ""]  # fmt: skip
+
+
+def markdown_report(report: Mapping[str, Any], figures: Mapping[str, str] | None = None) -> str:
+    """``reports/evaluation.md``: the summary table, then per variant its notes, the per-task
+    metrics of every evaluated version and split, and the breakdown tables. ``figures``: variant ->
+    reliability PNG path relative to the Markdown file."""
+    s = report.get("settings", {})
+    lines = [
+        "# Evaluation of the registered models (stage `evaluate`)", "",
+        ("Written by stage `evaluate` from the per-meme predictions each training run logged "
+         "(`predictions/<split>.parquet`; test data is scored once, at training) for the versions behind "
+         "`challenger` and `champion`. Primary metric: AUROC for binary tasks, macro-F1 otherwise; "
+         f"intervals: {s.get('n_boot')}-resample percentile bootstrap 95% (seed {s.get('seed')}); "
+         f"ECE: top-label, {s.get('ece_bins')} equal-width bins; breakdown groups with fewer than "
+         f"{s.get('min_group_size')} labelled memes for a task show only their n."), "",
+        "## Summary", "",
+    ]  # fmt: skip
+    rows = []
+    for variant, alias, version, split, block in evaluated_splits(report):
+        sm = block["summary"]
+        rows.append([variant, alias, f"v{version}", split, str(sm["n_memes"]),
+                     _fmt(sm["mean_primary"]) + _fmt_ci(sm.get("mean_primary_ci95")),
+                     _fmt(sm["mean_macro_f1"]), _fmt(sm["ece_pooled"])])  # fmt: skip
+    lines += _table(["variant", "alias", "version", "split", "memes", "mean primary [95% CI]",
+                     "mean macro-F1", "ECE (pooled)"], rows) if rows else ["No split could be evaluated.", ""]  # fmt: skip
+    for variant, vb in report.get("variants", {}).items():
+        lines += [f"## {variant} (`{vb.get('registered_model')}`)", ""]
+        lines += [f"- {n}" for n in vb.get("notes", [])]
+        for alias, entry in vb.get("versions", {}).items():
+            if entry.get("status") == "absent":
+                continue
+            if "same_as" in entry:
+                continue
+            lines += [f"- {'+'.join(entry['aliases'])}: v{entry['version']}, run `{entry.get('run_id')}`"]
+            lines += [f"  - {n}" for n in entry.get("notes", [])]
+            for split, block in entry.get("splits", {}).items():
+                if block.get("status") != "ok":
+                    lines += [f"  - {split}: {block.get('note')}"]
+        lines.append("")
+        if figures and variant in figures:
+            lines += [f"![reliability {variant}]({figures[variant]})", ""]
+        for alias, entry in vb.get("versions", {}).items():
+            for split, block in (entry.get("splits") or {}).items():
+                if block.get("status") != "ok":
+                    continue
+                label = f"{'+'.join(entry['aliases'])} v{entry['version']} · {split}"
+                lines += [f"### {label}", ""]
+                lines += [f"- {n}" for n in block.get("notes", [])] + ([""] if block.get("notes") else [])
+                lines += _task_table(block["overall"])
+                lines += _breakdown_table(block)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _task_table(overall: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for task, t in overall.items():
+        ci = (t.get("ci95") or {}).get(t["primary"])
+        multi = "subset_accuracy" in t
+        rows.append([task, str(t["n"]), t["primary"], _fmt(t.get(t["primary"])) + _fmt_ci(ci),
+                     _fmt(t.get("subset_accuracy") if multi else t.get("accuracy")), _fmt(t.get("macro_f1")),
+                     _fmt(t.get("weighted_f1")), _fmt(t.get("weighted_precision")), _fmt(t.get("weighted_recall")),
+                     _fmt(t.get("auroc")), _fmt(t.get("ece"))])  # fmt: skip
+    return _table(["task", "n", "primary", "value [95% CI]", "accuracy", "macro-F1", "weighted-F1",
+                   "w-precision", "w-recall", "AUROC", "ECE"], rows)  # fmt: skip
+
+
+def _breakdown_table(block: Mapping[str, Any]) -> list[str]:
+    """Rows: groups of every breakdown; columns: each task's primary metric (n); small: n only."""
+    tasks = list(block["overall"])
+    rows = []
+    for column in BREAKDOWNS:
+        for group, g in (block.get(f"by_{column}") or {}).items():
+            cells = []
+            for task in tasks:
+                t = g["tasks"].get(task, {})
+                if t.get("small"):
+                    cells.append(f"(n={t['n']}, small)")
+                else:
+                    cells.append(f"{_fmt(t.get(t.get('primary', 'macro_f1')))} (n={t.get('n')})")
+            rows.append([column, group, str(g["n_memes"]), _fmt(g["summary"].get("mean_primary")), *cells])
+    if not rows:
+        return []
+    return ["Breakdown (each task's primary metric, n labelled):", "",
+            *_table(["by", "group", "memes", "mean primary", *tasks], rows)]  # fmt: skip
+
+
+def plot_reliability(curves: Mapping[str, ReliabilityBins], path: str | Path, title: str) -> Path:
+    """A reliability diagram PNG: accuracy against mean confidence per bin, one line per curve
+    (legend with its ECE), the diagonal, and the share of predictions per bin below."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6.0, 6.4), dpi=110)
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
+    for i, (label, bins) in enumerate(curves.items()):
+        filled = bins.count > 0
+        color = f"C{i % 10}"
+        top.plot(bins.confidence[filled], bins.accuracy[filled], marker="o", markersize=3, color=color,
+                 label=f"{label} (ECE {bins.ece:.3f}, n={bins.n})")  # fmt: skip
+        width = (bins.edges[1] - bins.edges[0]) / max(len(curves), 1)
+        bottom.bar(bins.edges[:-1] + i * width, bins.count / max(bins.n, 1), width=width, align="edge",
+                   color=color, alpha=0.7)  # fmt: skip
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.set_title(title, fontsize=10)
+    top.legend(fontsize=7, loc="lower right")
+    top.grid(alpha=0.3)
+    bottom.set_xlabel("confidence (top label, pooled over tasks)")
+    bottom.set_ylabel("share")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
