@@ -61,7 +61,8 @@ def _fail(message: str) -> NoReturn:
 
 
 def _prediction_records(frame: Any) -> list[dict[str, dict[str, Any]]]:
-    """Output rows -> ``{task: {"label", "probability", "p_<label>"...}}``; the tasks are the
+    """Output rows -> ``{task: {"label", "probability", "p_<label>"..., and for the VLM "explanation",
+    "valid"}}``; the tasks are the
     columns that have a ``<task>_prob`` twin, so any packed model's output table works."""
     tasks = [c for c in frame.columns if f"{c}_prob" in frame.columns]
     records = []
@@ -72,6 +73,10 @@ def _prediction_records(frame: Any) -> list[dict[str, dict[str, Any]]]:
             prefix = f"{task}_p_"
             extra = {f"p_{c[len(prefix) :]}": float(row[c]) for c in frame.columns if c.startswith(prefix)}
             entry.update(extra)
+            for field in ("explanation", "valid"):  # the VLM's generated explanation and its parse
+                if f"{task}_{field}" in frame.columns:
+                    value = row[f"{task}_{field}"]
+                    entry[field] = bool(value) if field == "valid" else str(value)
             per_task[task] = entry
         records.append(per_task)
     return records

@@ -111,7 +111,8 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     predicted = _run(["memeops", "predict", "--model", "models:/memeops-vlm@challenger", str(image),
                       "--text", "my boss be like", "--json"], project_copy, env)  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr[-2000:]
-    assert "hateful_explanation" in json.dumps(json.loads(predicted.stdout))
+    served = json.loads(predicted.stdout)[0]["predictions"]
+    assert {"label", "probability", "explanation", "valid"} <= set(served["hateful"]), served["hateful"]
 
     evaluation = json.loads((project_copy / "reports" / "evaluation.json").read_text())
     for variant in (*VARIANTS, "vlm"):  # the challengers, scored from the predictions logged at training

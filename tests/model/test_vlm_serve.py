@@ -84,3 +84,14 @@ def test_logged_vlm_pyfunc_predicts_like_the_folder(packed, tmp_path: Path) -> N
     local = VLMPredictor.from_dir(folder).predict(frame)
     assert served["metaphor"].tolist() == local["metaphor"].tolist()
     np.testing.assert_allclose(served["metaphor_prob"].to_numpy(), local["metaphor_prob"].to_numpy(), atol=1e-6)
+
+
+def test_cli_records_carry_the_explanation() -> None:
+    import pandas as pd
+
+    from memeops.cli import _prediction_records
+
+    frame = pd.DataFrame({"hateful": ["yes"], "hateful_prob": [0.8], "hateful_p_yes": [0.8],
+                          "hateful_explanation": ["a rat stands for the boss"], "hateful_valid": [True]})  # fmt: skip
+    assert _prediction_records(frame) == [{"hateful": {"label": "yes", "probability": 0.8, "p_yes": 0.8,
+                                                       "explanation": "a rat stands for the boss", "valid": True}}]  # fmt: skip
