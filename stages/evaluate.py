@@ -36,11 +36,11 @@ from memeops.evaluation.evaluate import (
     EvaluationError,
     evaluate_variants,
     evaluated_splits,
-    file_md5,
     headline_metrics,
     markdown_report,
     plot_reliability,
 )
+from memeops.tracking.runs import file_md5
 from stages import run_stage
 
 __all__ = ["EvaluateConfig", "main"]

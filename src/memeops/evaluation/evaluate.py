@@ -35,7 +35,6 @@ Output (:func:`evaluate_variants`): one JSON-able dict, ``variants -> <variant> 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -53,7 +52,7 @@ from memeops.evaluation.calibration import (
     reliability_bins,
     task_confidence,
 )
-from memeops.evaluation.metrics import MULTI_THRESHOLD, task_metrics
+from memeops.evaluation.metrics import MULTI_THRESHOLD, primary_metric, task_metrics
 from memeops.models.base import TaskSpec
 
 if TYPE_CHECKING:
@@ -100,21 +99,6 @@ class EvaluateConfig(BaseModel):
 
     def variants_or(self, default: Sequence[str]) -> list[str]:
         return list(self.variants) if self.variants else list(default)
-
-
-def primary_metric(spec: TaskSpec) -> str:
-    """AUROC for binary tasks, macro-F1 otherwise (the rule of
-    :func:`memeops.training.experiment.primary_metric`, without importing the training stack)."""
-    return "auroc" if spec.is_binary else "macro_f1"
-
-
-def file_md5(path: str | Path) -> str:
-    """DVC's md5 of a file (= :func:`memeops.training.experiment.file_md5`): the runs' data digest."""
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- the meme table side

@@ -49,6 +49,11 @@ class Predictions:
         return len(next(iter(self.probs.values()))) if self.probs else 0
 
 
+def primary_metric(spec: TaskSpec) -> str:
+    """AUROC for binary tasks, macro-F1 otherwise: what leaderboards, tuning reports and promotion compare."""
+    return "auroc" if spec.is_binary else "macro_f1"
+
+
 def labelled_mask(targets: np.ndarray, spec: TaskSpec) -> np.ndarray:
     """Bool ``[N]``: rows that carry a label (mirrors :func:`memeops.models.base.target_mask`)."""
     targets = np.asarray(targets)

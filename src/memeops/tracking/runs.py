@@ -80,6 +80,17 @@ def _param_key(name: str) -> str:
     return re.sub(r"[^\w.\- /]", "_", name)[:MAX_KEY_LENGTH]
 
 
+def file_md5(path: str | Path) -> str:
+    """The md5 DVC records for a file: a run's data digest, matched against dvc.lock."""
+    import hashlib
+
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def metric_name(name: str) -> str:
     """A valid MLflow metric key: keeps ``/`` (the UI groups on it), replaces anything else MLflow
     rejects (or that is not portable, such as ``:``) with ``_``, and drops empty path segments."""

@@ -46,9 +46,11 @@ from memeops.evaluation.metrics import (
     fast_binary_auroc,
     fast_macro_f1,
     labelled,
+    primary_metric,
 )
 from memeops.models.base import TaskSpec, count_trainable, task_specs
 from memeops.models.factory import build_model, model_config_class
+from memeops.tracking.runs import file_md5
 from memeops.training.seeding import make_generator, seed_everything
 from memeops.training.trainer import FitResult, TrainConfig, fit, predict
 
@@ -110,11 +112,6 @@ class TrainStageConfig(BaseModel):
         return TrainConfig.model_validate(merged)
 
 
-def primary_metric(spec: TaskSpec) -> str:
-    """AUROC for binary tasks, macro-F1 otherwise: what leaderboards and promotion compare."""
-    return "auroc" if spec.is_binary else "macro_f1"
-
-
 def primary_ci(predictions: Predictions, spec: TaskSpec, n_boot: int, seed: int) -> tuple[float, float]:
     """Seeded percentile-bootstrap 95% interval of the task's primary metric on labelled rows.
 
@@ -140,15 +137,6 @@ def trainable_specs(memes: pd.DataFrame, tasks: Sequence[str]) -> tuple[list[Tas
     train = memes[memes["split"] == "train"]
     keep = [t for t in tasks if label_column(t) in train and train[label_column(t)].notna().any()]
     return task_specs(load_taxonomy(), keep), [t for t in tasks if t not in keep]
-
-
-def file_md5(path: str | Path) -> str:
-    """The md5 DVC records for a file, so a run's data digest can be matched against dvc.lock."""
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

@@ -496,6 +496,23 @@ class _Loop:
         return cls(**{k: state[k] for k in names})
 
 
+def _optimizer_step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                    cfg: TrainConfig) -> float:  # fmt: skip
+    """Backward (scaled for AMP), optional gradient clipping, one optimizer and scheduler step;
+    returns the learning rate the step used."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip is not None and cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    last_lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return last_lr
+
+
 def _train_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -521,15 +538,7 @@ def _train_epoch(
         with autocast(device, amp):
             output: ModelOutput = model(batch)
         loss = compute_loss(output, batch["targets"], specs)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip is not None and cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        last_lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        last_lr = _optimizer_step(loss, model, optimizer, scheduler, scaler, cfg)
         bsz = len(next(iter(output.logits.values())))
         loss_sum += loss.detach().double() * bsz
         n_seen += bsz
@@ -616,15 +625,7 @@ def _train_epoch_ddp(
             output: ModelOutput = model(batch)
         pending.wait()
         loss = sharded_loss(output, batch["targets"], specs, counts.tolist(), piece, global_size, world)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # DDP all-reduces (averages) the gradients here
-        if cfg.grad_clip is not None and cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        last_lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        last_lr = _optimizer_step(loss, model, optimizer, scheduler, scaler, cfg)  # DDP averages grads here
         loss_sum += loss.detach().double() * (global_size / world)  # sums over ranks to loss * global_size
         n_seen += global_size
         bar.update(1)
