@@ -7,6 +7,7 @@ defines them); here they are pointed at a per-session temp dir before anything e
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +26,11 @@ sys.path.insert(0, str(NETGUARD_DIR))
 import netguard
 
 netguard.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's tool-state dir, so repeated runs do not fill the disk of /tmp."""
+    shutil.rmtree(_STATE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

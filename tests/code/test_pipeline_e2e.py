@@ -9,6 +9,7 @@ process, a second ``dvc repro`` is a no-op, a params change to one variant retra
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -33,6 +34,7 @@ TINY_PARAMS = {
     "tune": {"n_trials": 2, "epochs": 2, "n_startup_trials": 1, "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1}},
     "vlm": {"bootstrap_samples": 20, "trainer": {"epochs": 1, "vocab_size": 600, "generate_samples": 8,
                                                  "max_new_tokens": 12, "model": {"hidden": 32, "intermediate": 64}}},
+    "ablate": {"seeds": [0, 1], "n_boot": 100, "groups": {"mgmcf": {"trainer": {"epochs": 2, "patience": 2}}}},
 }
 VARIANTS = ("gatedclip", "gatedclip_mt", "text_only", "image_only", "average", "concat", "align", "cross", "mgmcf")
 
@@ -120,6 +122,11 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
         assert test["status"] == "ok" and test["overall"] and test["ece"], (variant, test.get("notes"))
     page = (project_copy / "reports" / "index.html").read_text(encoding="utf-8")
     assert 'id="leaderboard"' in page and 'id="attention"' in page and 'src="http' not in page
+    with (project_copy / "reports" / "ablations.csv").open(encoding="utf-8") as fh:
+        ablations = list(csv.DictReader(fh))  # every arm of both groups, each over the two tiny seeds
+    assert {r["group"] for r in ablations} == {"mgmcf", "gatedclip"} and len(ablations) == 16, ablations
+    assert all(r["n_seeds"] == "2" for r in ablations), ablations
+    assert "ablation chart" in page and (project_copy / "data" / "ablate" / "predictions.parquet").is_file()
     second = _run(["dvc", "repro"], project_copy, env)
     assert second.returncode == 0, second.stderr
     assert "Running stage" not in second.stdout, second.stdout
@@ -133,8 +140,9 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     assert third.returncode == 0, third.stderr
     ran = sorted(line.split("'")[1] for line in third.stdout.splitlines() if line.startswith("Running stage"))
     # tune@text_only re-runs too (text_only is not tuned by default: it rewrites its empty file quickly),
-    # and the two summaries that read its metrics; nothing upstream, no other variant
-    assert ran == ["compare", "evaluate", "report", "train@text_only", "tune@text_only"], third.stdout
+    # the summaries that read its metrics, and ablate (text_only is a baseline arm); nothing upstream, no
+    # other variant
+    assert ran == ["ablate", "compare", "evaluate", "report", "train@text_only", "tune@text_only"], third.stdout
 
     log = Path(env["MEMEOPS_NETGUARD_LOG"])
     assert not log.exists() or log.read_text() == "", f"non-loopback network use: {log.read_text()}"

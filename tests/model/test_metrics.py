@@ -142,3 +142,31 @@ def test_labelled_drops_missing_rows() -> None:
     probs, targets = binary_case()
     p, t = labelled(probs, targets, BINARY)
     assert len(p) == len(t) == 4 and IGNORE_INDEX not in t
+
+
+@pytest.mark.parametrize("n_labels,n_rows,absent", [(2, 50, None), (5, 40, 3), (7, 9, 0), (3, 1, None)])
+def test_single_label_metrics_equal_sklearn(n_labels: int, n_rows: int, absent: int | None) -> None:
+    """The numpy confusion-count metrics are sklearn's, with classes absent from targets, from
+    predictions or from both (sklearn averages over the labels present in either)."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+    rng = np.random.default_rng(n_labels * 100 + n_rows)
+    probs = rng.dirichlet(np.ones(n_labels), size=n_rows)
+    y = rng.integers(0, n_labels, size=n_rows)
+    if absent is not None:  # never a target, never predicted
+        y[y == absent] = (absent + 1) % n_labels
+        probs[:, absent] = 0.0
+    spec = TaskSpec("t", "single", [f"l{i}" for i in range(n_labels)])
+    got = task_metrics(probs, y, spec)
+    pred = probs.argmax(axis=1)
+    want = {
+        "accuracy": accuracy_score(y, pred),
+        "macro_f1": f1_score(y, pred, average="macro", zero_division=0),
+        "weighted_f1": f1_score(y, pred, average="weighted", zero_division=0),
+        "weighted_precision": precision_score(y, pred, average="weighted", zero_division=0),
+        "weighted_recall": recall_score(y, pred, average="weighted", zero_division=0),
+    }
+    if n_labels == 2 and len(np.unique(y)) == 2:
+        want["auroc"] = roc_auc_score(y, probs[:, 1])
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, abs=1e-12), name

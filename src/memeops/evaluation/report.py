@@ -19,7 +19,7 @@ error):
     column is shown (numbers with 3 decimals). The chart plots ``mean`` (else the first numeric
     column) per arm, with error bars from ``ci_low`` / ``ci_high`` when both exist, else ``std``.
   - ``ablations.md``: notes rendered below the tables (headings, tables, lists, paragraphs).
-  - ``figures/*.png``: embedded in name order, captioned by the file stem.
+  - ``figures/*.png`` and ``figures/ablate/*.png``: embedded in name order, captioned by the file stem.
 
   With none of them the section says that the ablations are not produced yet.
 * **Sample memes** -- :class:`SampleMeme` records (``samples=``): the image, caption, gold labels
@@ -729,7 +729,8 @@ def _comparison_section(reports_dir: Path, reports: Mapping[str, Mapping], asset
 
 def _ablation_section(reports_dir: Path, assets: _Assets) -> str:
     csv_path, md_path = reports_dir / "ablations.csv", reports_dir / "ablations.md"
-    figures = sorted((reports_dir / "figures").glob("*.png")) if (reports_dir / "figures").is_dir() else []
+    # top-level figures (any stage) and stage ablate's own folder, in name order
+    figures = sorted((reports_dir / "figures").glob("*.png")) + sorted((reports_dir / "figures" / "ablate").glob("*.png"))
     if not csv_path.is_file() and not md_path.is_file() and not figures:
         return ('<p class="note pending">Ablations not produced yet: this section shows '
                 "<code>reports/ablations.csv</code>, <code>reports/ablations.md</code> and "

@@ -1,0 +1,117 @@
+"""Stage ablate's training half: config checks, arm merging, job order, and deterministic runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pydantic import ValidationError
+
+from memeops.data.features import FeatureStore, _write_index, _write_shard, content_key
+from memeops.training.ablate import AblateConfig, ArmWorker, arm_variant, build_jobs, ordered_runs, predictions_long, run_jobs, runs_frame
+from memeops.training.experiment import TrainStageConfig
+
+DIM = 8
+TRAIN = TrainStageConfig.model_validate({
+    "tasks": ["hateful", "sentiment"], "seed": 3, "bootstrap_samples": 0,
+    "trainer": {"epochs": 3, "warmup_epochs": 1, "batch_size": 16, "patience": 5, "monitor": "mean/macro_f1"},
+    "variants": {
+        "gatedclip_mt": {"model": "gatedclip", "config": {"hidden": 16, "proj_dim": 8, "gate_hidden": 4, "cls_hidden": 8},
+                         "trainer": {"lr": 0.01}},
+        "text_only": {"model": "text_only", "config": {"hidden": 8}},
+    },
+})  # fmt: skip
+
+
+def _ablate(**extra: object) -> AblateConfig:
+    return AblateConfig.model_validate({
+        "seeds": [0, 1], "workers": 1, "n_boot": 100, "metrics": ["mean/macro_f1", "hateful/auroc"],
+        "groups": {"gatedclip": {"base": "gatedclip_mt", "trainer": {"epochs": 2}, "arms": {
+            "full": {}, "no_gate": {"config": {"fusion": "fixed"}, "trainer": {"lr": 0.02}},
+            "text_only": {"variant": "text_only"}}}},
+        **extra,
+    })  # fmt: skip
+
+
+def test_config_rejects_missing_reference_unknown_claim_arm_and_duplicate_seeds() -> None:
+    with pytest.raises(ValidationError, match="reference arm 'full'"):
+        AblateConfig.model_validate({"seeds": [0], "metrics": ["mean/macro_f1"],
+                                     "groups": {"g": {"base": "text_only", "arms": {"other": {}}}}})  # fmt: skip
+    with pytest.raises(ValidationError, match="has no arm 'nope'"):
+        _ablate(claims=[{"claim": "c", "group": "gatedclip", "better": "full", "worse": "nope", "metric": "m"}])
+    with pytest.raises(ValidationError, match="duplicates"):
+        AblateConfig.model_validate({**_ablate().model_dump(), "seeds": [1, 1]})
+    with pytest.raises(ValidationError, match="robustness"):
+        _ablate(robustness={"group": "gatedclip", "levels": [["full", "x"], ["gone", "y"]], "fallback": "full"})
+
+
+def test_arm_variant_merges_arm_then_group_protocol_then_seed() -> None:
+    cfg = _ablate()
+    group = cfg.groups["gatedclip"]
+    name, vcfg = arm_variant(TRAIN, group, group.arms["no_gate"], seed=7)
+    assert name == "gatedclip_mt" and vcfg.config["fusion"] == "fixed" and vcfg.config["hidden"] == 16
+    # the arm's own lr override, the group's epochs (its protocol, for every arm), the job's seed
+    assert vcfg.trainer == {"lr": 0.02, "epochs": 2, "seed": 7}
+    name, vcfg = arm_variant(TRAIN, group, group.arms["text_only"], seed=0)
+    assert name == "text_only" and vcfg.model == "text_only" and vcfg.trainer == {"epochs": 2, "seed": 0}
+
+
+def test_jobs_cover_every_arm_and_seed_and_order_back_by_params() -> None:
+    cfg = _ablate()
+    jobs = build_jobs(cfg, TRAIN)
+    assert sorted((j.arm, j.seed) for j in jobs) == sorted((a, s) for a in ("full", "no_gate", "text_only") for s in (0, 1))
+    for job in jobs:  # each job carries one variant, seeded, under the group's protocol
+        assert list(job.train.variants) == [job.variant]
+        assert job.train.trainer_config(job.variant).seed == job.seed
+        assert job.train.trainer_config(job.variant).epochs == 2
+
+
+def _worker(tmp_path: Path, n: int = 120) -> ArmWorker:
+    """Cached random features with a cross-modal hateful rule and a text-only sentiment rule."""
+    rng = np.random.default_rng(0)
+    image, text = rng.normal(size=(n, DIM)).astype(np.float32), rng.normal(size=(n, DIM)).astype(np.float32)
+    memes = pd.DataFrame({
+        "meme_id": [f"m{i}" for i in range(n)], "text": [f"t{i}" for i in range(n)],
+        "split": ["train"] * 80 + ["val"] * 20 + ["test"] * 20, "image_sha256": [f"{i:064x}" for i in range(n)],
+        "label_hateful": np.where((image[:, 0] > 0) == (text[:, 0] > 0), "yes", "no"),
+        "label_sentiment": np.array(["positive", "negative", "neutral"])[(text[:, 1] > 0).astype(int) + (text[:, 2] > 1)],
+    })  # fmt: skip
+    folder = tmp_path / "features" / "spec"
+    folder.mkdir(parents=True)
+    keys = [content_key(s, t) for s, t in zip(memes["image_sha256"], memes["text"])]
+    arrays = {"image": torch.from_numpy(image), "image_flip": torch.from_numpy(image.copy()), "text": torch.from_numpy(text)}
+    shard = _write_shard(folder, keys, arrays, "spec")
+    _write_index(folder, {k: (shard, i) for i, k in enumerate(keys)}, "spec", DIM)
+    return ArmWorker(memes, FeatureStore(tmp_path / "features", "spec"), DIM)
+
+
+def test_runs_are_scored_on_test_aligned_by_meme_and_deterministic(tmp_path: Path) -> None:
+    cfg = _ablate()
+    jobs = build_jobs(cfg, TRAIN)
+    worker = _worker(tmp_path)
+    done = []
+    runs = run_jobs(jobs, worker, workers=1, on_done=lambda job, run, n: done.append(n))
+    assert done == list(range(1, len(jobs) + 1))
+    test_ids = [f"m{i}" for i in range(100, 120)]
+    for run in runs:
+        assert run.predictions.meme_ids == test_ids  # TEST split only, in meme order
+        assert set(run.predictions.probs) == {"hateful", "sentiment"} and 1 <= run.best_epoch <= 2
+        assert "mean/macro_f1" in run.val_metrics  # what selection saw on VAL
+    gated = [r for r in runs if r.arm == "full"]
+    assert all("gate" in r.predictions.extras for r in gated)  # the gate diagnostics' input
+    again = run_jobs(jobs[:1], worker, workers=1)[0]  # the same job twice: the same predictions
+    first = runs[0]
+    for task in first.predictions.probs:
+        np.testing.assert_allclose(again.predictions.probs[task], first.predictions.probs[task], rtol=0, atol=0)
+    seeds = {r.seed: r for r in runs if r.arm == "full"}
+    assert not np.allclose(seeds[0].predictions.probs["hateful"], seeds[1].predictions.probs["hateful"])
+
+    ordered = ordered_runs(runs, cfg)
+    assert [(r.arm, r.seed) for r in ordered] == [(a, s) for a in ("full", "no_gate", "text_only") for s in (0, 1)]
+    frame = runs_frame(ordered)
+    assert list(frame.columns[:5]) == ["group", "arm", "seed", "best_epoch", "seconds"] and len(frame) == 6
+    long = predictions_long(ordered)
+    assert len(long) == 6 * 2 * 20 and set(long["task"]) == {"hateful", "sentiment"}
