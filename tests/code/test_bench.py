@@ -131,7 +131,9 @@ def test_pipeline_benchmark_tiny_until_validate(subprocess_env: dict[str, str], 
     assert set(pipe["stage_status"].values()) == {"ran"}  # a fresh copy: every stage really ran
     total, summed = pipe["total_seconds"], pipe["sum_stage_seconds"]
     assert summed == pytest.approx(sum(pipe["stages"].values()), abs=0.05)
-    assert summed <= total + 0.05 and total - summed < max(2.0, 0.05 * total)  # only the loop's overhead
+    # one dvc repro: the gap is DVC's start-up before it announces the first stage
+    assert summed <= total + 0.05 and total - summed < max(10.0, 0.1 * total)
+    assert pipe["runner"].startswith("one dvc repro")
     assert pipe["noop_ran"] == [] and pipe["noop_seconds"] > 0
     assert pipe["budget_seconds"] == 1200
     assert pipe["within_budget"] is None  # partial and overridden: not judged
@@ -139,8 +141,8 @@ def test_pipeline_benchmark_tiny_until_validate(subprocess_env: dict[str, str], 
     # no training stage in this plan; the features stage did not run
     assert data["training"] == {} and data["features"] == {}
     # the copy kept its own tool state and stage logs
-    assert (workdir / "project" / ".dvc").is_dir() and (workdir / "logs" / "validate.log").is_file()
-    assert "Running stage 'validate'" in (workdir / "logs" / "validate.log").read_text()
+    assert (workdir / "project" / ".dvc").is_dir() and (workdir / "logs" / "repro.log").is_file()
+    assert "Running stage 'validate'" in (workdir / "logs" / "repro.log").read_text()
 
     log = Path(subprocess_env["MEMEOPS_NETGUARD_LOG"])
     assert not log.exists() or log.read_text() == "", f"non-loopback network use: {log.read_text()}"

@@ -785,7 +785,9 @@ def gate_examples(runs: Sequence[ArmRun], memes: pd.DataFrame, k: int = 4) -> pd
             "gate": [float(gate.iloc[p]) for p in image_pos + text_pos],
         }
     )
-    label_cols = [c for c in memes.columns if str(c).startswith("label_")]
+    # the tasks the runs predict (the meme table carries every taxonomy task, most empty here)
+    tasks = {t for run in runs for t in run.predictions.probs}
+    label_cols = [c for c in memes.columns if str(c).startswith("label_") and str(c)[len("label_"):] in tasks]
     keep = [
         "meme_id",
         *[c for c in ("text", "language", "image_path", "source_root") if c in memes.columns],
