@@ -10,7 +10,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +68,29 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
         PATH=os.pathsep.join([str(venv_bin()), env.get("PATH", "")]),
     )
     return env
+
+
+def write_cached_features(root: Path, memes: Any, image: Any, text: Any,
+                          spec: str = "spec") -> Path:  # fmt: skip
+    """A feature cache under ``root/<spec>`` holding ``image`` / ``text`` rows for ``memes`` (keyed by
+    their content, flipped image = image), as stage features writes it; returns ``root``."""
+    import torch
+
+    from memeops.data.features import _write_index, _write_shard, content_key
+
+    folder = Path(root) / spec
+    folder.mkdir(parents=True)
+    keys = [content_key(s, t) for s, t in zip(memes["image_sha256"], memes["text"])]
+    arrays = {"image": torch.from_numpy(image), "image_flip": torch.from_numpy(image.copy()), "text": torch.from_numpy(text)}
+    shard = _write_shard(folder, keys, arrays, spec)
+    _write_index(folder, {k: (shard, i) for i, k in enumerate(keys)}, spec, image.shape[1])
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def cached_features() -> Callable[..., Path]:
+    """:func:`write_cached_features`, for tests that train on a tiny hand-made feature cache."""
+    return write_cached_features
 
 
 def _forget_prefect_exit_hooks() -> None:

@@ -7,11 +7,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from pydantic import ValidationError
 
-from memeops.data.features import FeatureStore, _write_index, _write_shard, content_key
-from memeops.training.ablate import AblateConfig, ArmWorker, arm_variant, build_jobs, ordered_runs, predictions_long, run_jobs, runs_frame
+from memeops.data.features import FeatureStore
+from memeops.training.ablate import (
+    AblateConfig,
+    ArmWorker,
+    arm_variant,
+    build_jobs,
+    ordered_runs,
+    predictions_long,
+    run_jobs,
+    runs_frame,
+)
 from memeops.training.experiment import TrainStageConfig
 
 DIM = 8
@@ -69,7 +77,7 @@ def test_jobs_cover_every_arm_and_seed_and_order_back_by_params() -> None:
         assert job.train.trainer_config(job.variant).epochs == 2
 
 
-def _worker(tmp_path: Path, n: int = 120) -> ArmWorker:
+def _worker(tmp_path: Path, cached_features, n: int = 120) -> ArmWorker:
     """Cached random features with a cross-modal hateful rule and a text-only sentiment rule."""
     rng = np.random.default_rng(0)
     image, text = rng.normal(size=(n, DIM)).astype(np.float32), rng.normal(size=(n, DIM)).astype(np.float32)
@@ -79,19 +87,14 @@ def _worker(tmp_path: Path, n: int = 120) -> ArmWorker:
         "label_hateful": np.where((image[:, 0] > 0) == (text[:, 0] > 0), "yes", "no"),
         "label_sentiment": np.array(["positive", "negative", "neutral"])[(text[:, 1] > 0).astype(int) + (text[:, 2] > 1)],
     })  # fmt: skip
-    folder = tmp_path / "features" / "spec"
-    folder.mkdir(parents=True)
-    keys = [content_key(s, t) for s, t in zip(memes["image_sha256"], memes["text"])]
-    arrays = {"image": torch.from_numpy(image), "image_flip": torch.from_numpy(image.copy()), "text": torch.from_numpy(text)}
-    shard = _write_shard(folder, keys, arrays, "spec")
-    _write_index(folder, {k: (shard, i) for i, k in enumerate(keys)}, "spec", DIM)
+    cached_features(tmp_path / "features", memes, image, text)
     return ArmWorker(memes, FeatureStore(tmp_path / "features", "spec"), DIM)
 
 
-def test_runs_are_scored_on_test_aligned_by_meme_and_deterministic(tmp_path: Path) -> None:
+def test_runs_are_scored_on_test_aligned_by_meme_and_deterministic(tmp_path: Path, cached_features) -> None:
     cfg = _ablate()
     jobs = build_jobs(cfg, TRAIN)
-    worker = _worker(tmp_path)
+    worker = _worker(tmp_path, cached_features)
     done = []
     runs = run_jobs(jobs, worker, workers=1, on_done=lambda job, run, n: done.append(n))
     assert done == list(range(1, len(jobs) + 1))

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
-from memeops.data.features import FeatureStore, _write_index, _write_shard, content_key
+from memeops.data.features import FeatureStore
 from memeops.evaluation.metrics import fast_binary_auroc, fast_macro_f1
 from memeops.training import experiment as ex
 from memeops.training.experiment import TrainStageConfig, run_dir_for, train_variant
@@ -64,7 +63,7 @@ def test_fast_metrics_equal_sklearn() -> None:
     assert np.isnan(fast_binary_auroc(np.ones(4), np.ones(4)))
 
 
-def _store(tmp_path: Path, n: int = 160) -> tuple[pd.DataFrame, FeatureStore]:
+def _store(tmp_path: Path, cached_features, n: int = 160) -> tuple[pd.DataFrame, FeatureStore]:
     """A meme table whose hateful label is a cross-modal rule on cached random features."""
     rng = np.random.default_rng(0)
     image, text = rng.normal(size=(n, DIM)).astype(np.float32), rng.normal(size=(n, DIM)).astype(np.float32)
@@ -74,17 +73,12 @@ def _store(tmp_path: Path, n: int = 160) -> tuple[pd.DataFrame, FeatureStore]:
     memes = pd.DataFrame({"meme_id": [f"m{i}" for i in range(n)], "split": splits, "text": [f"t{i}" for i in range(n)],
                           "image_sha256": [f"{i:064x}" for i in range(n)], "label_hateful": hateful,
                           "label_sentiment": sentiment})  # fmt: skip
-    folder = tmp_path / "features" / "spec"
-    folder.mkdir(parents=True)
-    keys = [content_key(s, t) for s, t in zip(memes["image_sha256"], memes["text"])]
-    arrays = {"image": torch.from_numpy(image), "image_flip": torch.from_numpy(image.copy()), "text": torch.from_numpy(text)}
-    shard = _write_shard(folder, keys, arrays, "spec")
-    _write_index(folder, {k: (shard, i) for i, k in enumerate(keys)}, "spec", DIM)
+    cached_features(tmp_path / "features", memes, image, text)
     return memes, FeatureStore(tmp_path / "features", "spec")
 
 
-def test_train_variant_selects_on_val_and_scores_each_eval_split_once(tmp_path: Path, monkeypatch) -> None:
-    memes, store = _store(tmp_path)
+def test_train_variant_selects_on_val_and_scores_each_eval_split_once(tmp_path: Path, cached_features, monkeypatch) -> None:
+    memes, store = _store(tmp_path, cached_features)
     scored: list[int] = []
     real_predict = ex.predict
 
@@ -138,8 +132,8 @@ def test_finished_checkpoint_is_cleared_interrupted_one_kept(tmp_path: Path) -> 
     assert clear_finished_run(tmp_path / "absent", epochs=5) is False
 
 
-def test_gatedclip_report_carries_gate_statistics(tmp_path: Path) -> None:
-    memes, store = _store(tmp_path)
+def test_gatedclip_report_carries_gate_statistics(tmp_path: Path, cached_features) -> None:
+    memes, store = _store(tmp_path, cached_features)
     report = train_variant("gatedclip", memes, store, DIM, _cfg(), tmp_path / "run").report()
     assert set(report["gate"]) == {"val", "test", "test_unseen"}
     assert 0.0 <= report["gate"]["test"]["mean"] <= 1.0

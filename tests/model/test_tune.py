@@ -12,10 +12,8 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-import torch
 
 from memeops.config import ConfigError, Params
-from memeops.data.features import _write_index, _write_shard, content_key
 from memeops.training.experiment import TrainStageConfig, variant_model_config
 from memeops.training.tune import (
     TAG_DEFAULTS,
@@ -155,7 +153,7 @@ def test_storage_specs_resolve_inside_the_project(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- a tiny study
 
 
-def _tiny_project(tmp_path: Path, n: int = 200) -> tuple[Path, Path]:
+def _tiny_project(tmp_path: Path, cached_features, n: int = 200) -> tuple[Path, Path]:
     """memes.parquet + a feature store whose hateful label is a cross-modal rule (as test_experiment)."""
     rng = np.random.default_rng(0)
     image, text = rng.normal(size=(n, DIM)).astype(np.float32), rng.normal(size=(n, DIM)).astype(np.float32)
@@ -167,17 +165,12 @@ def _tiny_project(tmp_path: Path, n: int = 200) -> tuple[Path, Path]:
                           "label_sentiment": sentiment})  # fmt: skip
     memes_path = tmp_path / "memes.parquet"
     memes.to_parquet(memes_path)
-    folder = tmp_path / "features" / "spec"
-    folder.mkdir(parents=True)
-    keys = [content_key(s, t) for s, t in zip(memes["image_sha256"], memes["text"])]
-    arrays = {"image": torch.from_numpy(image), "image_flip": torch.from_numpy(image.copy()), "text": torch.from_numpy(text)}
-    shard = _write_shard(folder, keys, arrays, "spec")
-    _write_index(folder, {k: (shard, i) for i, k in enumerate(keys)}, "spec", DIM)
+    cached_features(tmp_path / "features", memes, image, text)
     return memes_path, tmp_path / "features"
 
 
-def _job(tmp_path: Path, storage: str, n_trials: int, **tune: object) -> TuneJob:
-    memes_path, feature_dir = _tiny_project(tmp_path)
+def _job(tmp_path: Path, cached_features, storage: str, n_trials: int, **tune: object) -> TuneJob:
+    memes_path, feature_dir = _tiny_project(tmp_path, cached_features)
     tune_cfg = TuneConfig.model_validate({
         "variants": ["text_only"], "n_trials": n_trials, "epochs": 4, "patience": 4, "sampler_seed": 1,
         "n_startup_trials": 2, "storage": storage, "experiment": f"tune-test-{uuid.uuid4().hex[:8]}",
@@ -191,12 +184,12 @@ def _children(parent_id: str) -> pd.DataFrame:
     return mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
-def test_tiny_study_prunes_tracks_every_trial_and_writes_the_report(tmp_path: Path, monkeypatch) -> None:
+def test_tiny_study_prunes_tracks_every_trial_and_writes_the_report(tmp_path: Path, cached_features, monkeypatch) -> None:
     from memeops.training import experiment as ex
 
     scored: list[str] = []
     monkeypatch.setattr(ex, "predict", lambda *a, **k: scored.append("predict"))  # a trial never scores a split
-    job = _job(tmp_path, "sqlite:///.cache/optuna/{variant}.db", n_trials=6)
+    job = _job(tmp_path, cached_features, "sqlite:///.cache/optuna/{variant}.db", n_trials=6)
     out, csv = tmp_path / "reports" / "tuning" / "text_only.json", tmp_path / "reports" / "plots" / "text_only.csv"
     report = tune_variant(job, output=out, plot_csv=csv)
 
@@ -234,8 +227,8 @@ def test_tiny_study_prunes_tracks_every_trial_and_writes_the_report(tmp_path: Pa
     assert apply_tuned(job.train, "gatedclip", other) is job.train
 
 
-def test_one_complete_trial_skips_importances_gracefully(tmp_path: Path) -> None:
-    job = _job(tmp_path, "sqlite:///opt.db", n_trials=1)
+def test_one_complete_trial_skips_importances_gracefully(tmp_path: Path, cached_features) -> None:
+    job = _job(tmp_path, cached_features, "sqlite:///opt.db", n_trials=1)
     report = tune_variant(job, output=tmp_path / "t.json")
     assert report["best_trial"] == 0 and report["improvement"] == 0
     parent = mlflow.search_runs(experiment_names=[job.experiment]).query("`tags.mlflow.parentRunId`.isnull()").iloc[0]
@@ -247,11 +240,11 @@ def test_one_complete_trial_skips_importances_gracefully(tmp_path: Path) -> None
 # --------------------------------------------------------------------------- parallel workers
 
 
-def test_two_worker_processes_share_one_study(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+def test_two_worker_processes_share_one_study(tmp_path: Path, cached_features, subprocess_env: dict[str, str]) -> None:
     """Done-when test: N trials over 2 processes on one journal-file storage, no duplicate trial
     numbers, all N as MLflow child runs of the one parent run."""
     n = 4
-    job = _job(tmp_path, "journal:optuna/{variant}.journal", n_trials=n)
+    job = _job(tmp_path, cached_features, "journal:optuna/{variant}.journal", n_trials=n)
     report = run_parallel(job, n_workers=2, output=tmp_path / "tuning.json", env=subprocess_env, work_dir=tmp_path)
     assert report["n_trials"]["total"] == n
 
