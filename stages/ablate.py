@@ -30,9 +30,9 @@ import pandas as pd
 from memeops.config import load_params
 from memeops.data.features import FeatureConfig
 from memeops.data.mgmcf_inputs import RegionFeaturesConfig
-from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
 from memeops.evaluation.ablation import ArmRun
 from memeops.models.base import TaskSpec
+from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
 from memeops.training.ablate import AblateConfig, AblationData, ArmJob, build_jobs, ordered_runs, run_jobs
 from memeops.training.experiment import TrainStageConfig
 from memeops.training.tune import apply_tuned
@@ -88,8 +88,8 @@ def main() -> int:
               f"{run.best_epoch}, {run.seconds:.1f} s", flush=True)  # fmt: skip
 
     from memeops.data.consolidate import read_memes
-    from memeops.training.experiment import trainable_specs
     from memeops.tracking.runs import file_md5, tracked_run
+    from memeops.training.experiment import trainable_specs
 
     memes = read_memes(data.memes_path)
     specs = {s.name: s for s in trainable_specs(memes, train.tasks)[0]}
