@@ -102,7 +102,8 @@ def main() -> int:
                      data_digest=digest, params={"ablate": cfg.model_dump(mode="json")},
                      system_metrics=False):  # fmt: skip
         runs = ordered_runs(run_jobs(jobs, data, workers=cfg.workers, split=cfg.split, on_done=progress), cfg)
-        written = write_outputs(cfg, runs, specs, memes, image_root=data.memes_path.parent,
+        # image paths are relative to their source_root, itself relative to the project root (cwd)
+        written = write_outputs(cfg, runs, specs, memes, image_root=Path("."),
                                 region_slots=region_slots(cfg, train))
         log_to_mlflow(cfg, runs, jobs, specs, digest, written)
     print(f"ablate: {len(runs)} runs, wrote {len(written)} files ({time.perf_counter() - start:.1f} s)")

@@ -1213,7 +1213,7 @@ def _tile(path: Path | None, size: int = 224) -> np.ndarray | None:
 
 
 def plot_gate_examples(
-    examples: pd.DataFrame, image_root: str | Path | None, path: str | Path, caption_chars: int = 40
+    examples: pd.DataFrame, image_root: str | Path | None, path: str | Path, caption_chars: int = 30
 ) -> Path:
     """A grid of the example memes (row 1 image-leaning, row 2 text-leaning), each titled with its
     leaning, gate and truncated caption; a missing image is a grey "image missing" tile."""
