@@ -138,15 +138,14 @@ def write_outputs(cfg: AblateConfig, runs: list[ArmRun], specs: dict[str, TaskSp
     gate = robustness = None
     if cfg.gate is not None:
         gate_runs = [r for r in runs if r.group == cfg.gate.group and r.arm == cfg.gate.arm]
-        gate = ab.gate_diagnostics(gate_runs, specs, memes, cfg.gate.tasks, cfg.gate.examples, FIGURES,
-                                   image_root=image_root)  # fmt: skip
+        gate = ab.gate_report(gate_runs, specs, cfg.gate.tasks, memes, image_root, cfg.gate.examples,
+                              figures_dir=FIGURES)  # fmt: skip
     if cfg.robustness is not None:
         rob = cfg.robustness
         group_runs = [r for r in runs if r.group == rob.group]
-        robustness = ab.robustness_diagnostics(group_runs, specs, summary, rob.levels, rob.fallback, rob.metric,
-                                               FIGURES, group=rob.group, region_slots=region_slots,
-                                               n_boot=cfg.n_boot, seed=cfg.bootstrap_seed,
-                                               confidence=cfg.confidence)  # fmt: skip
+        robustness = ab.robustness_report(group_runs, specs, summary, rob.levels, rob.fallback, rob.metric,
+                                          rob.group, region_slots, n_boot=cfg.n_boot, seed=cfg.bootstrap_seed,
+                                          confidence=cfg.confidence, figures_dir=FIGURES)  # fmt: skip
     descriptions = {f"{g}/{a}": arm.description for g, grp in cfg.groups.items() for a, arm in grp.arms.items()}
     written = ab.write_ablation_reports(summary, claims, REPORTS, headline=cfg.metrics[0], gate=gate,
                                         robustness=robustness, figures_dir=FIGURES, plots_dir=PLOTS,

@@ -29,13 +29,11 @@ from memeops.evaluation.ablation import (
     bootstrap_indices,
     check_claims,
     gate_by_class,
-    gate_diagnostics,
     gate_examples,
     gate_report,
     holm,
     metric_value,
     region_attention_mass,
-    robustness_diagnostics,
     robustness_frame,
     robustness_report,
     robustness_verdict,
@@ -627,11 +625,11 @@ def test_per_group_references(runs: list[ArmRun]) -> None:
 
 def test_diagnostics_draw_figures_once(tmp_path: Path, summary: pd.DataFrame) -> None:
     figs = tmp_path / "figures" / "ablate"
-    gate = gate_diagnostics(gate_runs(), SPECS, meme_table(), ["hateful"], 2, figs, image_root=tmp_path)
+    gate = gate_report(gate_runs(), SPECS, ["hateful"], meme_table(), tmp_path, 2, figures_dir=figs)
     rob_runs = robustness_runs(False)
     rob_summary = summarise(rob_runs, SPECS, ["mean/macro_f1"], n_boot=30)
-    rob = robustness_diagnostics(rob_runs, SPECS, rob_summary, LEVELS, "no_object_level", "mean/macro_f1", figs,
-                                 n_boot=30)  # fmt: skip
+    rob = robustness_report(rob_runs, SPECS, rob_summary, LEVELS, "no_object_level", "mean/macro_f1",
+                            n_boot=30, figures_dir=figs)  # fmt: skip
     assert [p.name for p in gate.figures] == ["gatedclip_gate_by_class.png", "gatedclip_gate_examples.png"]
     assert rob.figure == figs / "mgmcf_robustness.png" and rob.verdict["verdict"] == FALLS_BACK
     written = write_ablation_reports(

@@ -814,7 +814,7 @@ class GateReport:
     image_root: Path | None = None
     figures: list[Path] = field(
         default_factory=list
-    )  # drawn already (gate_diagnostics); else the writer draws
+    )  # drawn already (gate_report(figures_dir=)); else the writer draws
 
 
 def gate_report(
@@ -824,11 +824,15 @@ def gate_report(
     memes: pd.DataFrame | None = None,
     image_root: str | Path | None = None,
     k: int = 4,
+    *,
+    figures_dir: str | Path | None = None,
 ) -> GateReport:
-    """Gate diagnostics of the runs of one arm (per-class table, examples when ``memes`` is given)."""
+    """Gate diagnostics of the runs of one arm (per-class table, examples when ``memes`` is given);
+    with ``figures_dir``, also ``<group>_gate_by_class.png`` and (with examples)
+    ``<group>_gate_examples.png`` drawn there."""
     gated = _one_arm(runs, "gate")
     examples = gate_examples(gated, memes, k) if memes is not None else pd.DataFrame()
-    return GateReport(
+    report = GateReport(
         gated[0].group,
         gated[0].arm,
         gate_by_class(gated, specs, tasks),
@@ -836,6 +840,17 @@ def gate_report(
         gate_class_values(gated, specs, tasks),
         Path(image_root) if image_root else None,
     )
+    if figures_dir is not None:
+        figs = Path(figures_dir)
+        report.figures.append(
+            plot_gate_by_class(report.values, figs / f"{slug(report.group)}_gate_by_class.png",
+                               f"{report.group}/{report.arm}: gate by gold class")
+        )  # fmt: skip
+        if len(report.examples):
+            report.figures.append(
+                plot_gate_examples(report.examples, report.image_root, figs / f"{slug(report.group)}_gate_examples.png")
+            )
+    return report
 
 
 # --------------------------------------------------------------------------- MGMCF robustness
@@ -993,7 +1008,7 @@ class RobustnessReport:
     fallback_arm: str
     fallback_mean: float
     fallback_ci: tuple[float, float]
-    figure: Path | None = None  # drawn already (robustness_diagnostics); else the writer draws it
+    figure: Path | None = None  # drawn already (robustness_report(figures_dir=)); else the writer draws it
 
 
 def robustness_report(
@@ -1003,14 +1018,21 @@ def robustness_report(
     levels: Sequence[tuple[str, str]],
     fallback_arm: str,
     metric: str,
-    group: str,
+    group: str | None = None,
     region_slots: slice | tuple[int, int] | None = None,
     *,
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    figures_dir: str | Path | None = None,
 ) -> RobustnessReport:
-    """Curve (:func:`robustness_frame`) + verdict (:func:`robustness_verdict`) of one group."""
+    """Curve (:func:`robustness_frame`) + verdict (:func:`robustness_verdict`) of one group (the
+    runs' only group, or ``group``); with ``figures_dir``, ``<group>_robustness.png`` drawn there."""
+    if group is None:
+        groups = list(dict.fromkeys(r.group for r in runs))
+        if len(groups) != 1:
+            raise ValueError(f"robustness_report: runs of groups {groups}; pass group=")
+        group = groups[0]
     attention = region_attention_mass(runs, region_slots, group) if region_slots is not None else None
     frame = robustness_frame(summary, levels, fallback_arm, metric, attention, group)
     verdict = robustness_verdict(
@@ -1025,64 +1047,9 @@ def robustness_report(
         confidence=confidence,
     )
     fb = frame.attrs["fallback"]
-    return RobustnessReport(
+    report = RobustnessReport(
         group, metric, frame, verdict, fallback_arm, fb["mean"], (fb["ci_low"], fb["ci_high"])
     )
-
-
-def gate_diagnostics(
-    runs: Sequence[ArmRun],
-    specs: Mapping[str, TaskSpec],
-    memes: pd.DataFrame | None,
-    tasks: Sequence[str],
-    k: int = 4,
-    figures_dir: str | Path | None = None,
-    image_root: str | Path | None = None,
-) -> GateReport:
-    """:func:`gate_report` plus its figures drawn into ``figures_dir`` (when given):
-    ``<group>_gate_by_class.png`` and, with examples, ``<group>_gate_examples.png``."""
-    report = gate_report(runs, specs, tasks, memes, image_root, k)
-    if figures_dir is not None:
-        figs = Path(figures_dir)
-        report.figures.append(
-            plot_gate_by_class(report.values, figs / f"{slug(report.group)}_gate_by_class.png",
-                               f"{report.group}/{report.arm}: gate by gold class")
-        )  # fmt: skip
-        if len(report.examples):
-            report.figures.append(
-                plot_gate_examples(
-                    report.examples, report.image_root, figs / f"{slug(report.group)}_gate_examples.png"
-                )
-            )
-    return report
-
-
-def robustness_diagnostics(
-    runs: Sequence[ArmRun],
-    specs: Mapping[str, TaskSpec],
-    summary: pd.DataFrame,
-    levels: Sequence[tuple[str, str]],
-    fallback_arm: str,
-    metric: str,
-    figures_dir: str | Path | None = None,
-    *,
-    group: str | None = None,
-    region_slots: slice | tuple[int, int] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> RobustnessReport:
-    """:func:`robustness_report` for the runs' group (one group, or ``group=``) plus its figure
-    ``<group>_robustness.png`` drawn into ``figures_dir`` (when given)."""
-    groups = list(dict.fromkeys(r.group for r in runs))
-    if group is None:
-        if len(groups) != 1:
-            raise ValueError(f"robustness_diagnostics: runs of groups {groups}; pass group=")
-        group = groups[0]
-    report = robustness_report(
-        runs, specs, summary, levels, fallback_arm, metric, group, region_slots,
-        n_boot=n_boot, seed=seed, confidence=confidence,
-    )  # fmt: skip
     if figures_dir is not None:
         report.figure = plot_robustness(
             report.frame, report.fallback_mean, report.fallback_ci,
@@ -1703,7 +1670,6 @@ __all__ = [
     "compare_arms",
     "gate_by_class",
     "gate_class_values",
-    "gate_diagnostics",
     "gate_examples",
     "gate_per_meme",
     "gate_report",
@@ -1716,7 +1682,6 @@ __all__ = [
     "plot_metric_bars",
     "plot_robustness",
     "region_attention_mass",
-    "robustness_diagnostics",
     "robustness_frame",
     "robustness_report",
     "robustness_verdict",

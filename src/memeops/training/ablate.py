@@ -16,7 +16,6 @@ two threads). Every job is deterministic given its seed, whichever worker runs i
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 import os
 import tempfile
@@ -306,7 +305,7 @@ def ordered_runs(runs: Sequence[ArmRun], cfg: AblateConfig) -> list[ArmRun]:
     return sorted(runs, key=lambda r: (*rank[(r.group, r.arm)], cfg.seeds.index(r.seed)))
 
 
-def runs_frame(runs: Sequence[ArmRun], jobs: Sequence[ArmJob] | None = None) -> pd.DataFrame:
+def runs_frame(runs: Sequence[ArmRun]) -> pd.DataFrame:
     """One row per run: group, arm, seed, best epoch, seconds and the val score selection saw."""
     rows = []
     for run in runs:
@@ -333,7 +332,3 @@ def predictions_long(runs: Sequence[ArmRun]) -> pd.DataFrame:
                 if target is not None else None,
             }))  # fmt: skip
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def finite(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(float(value)) else None
