@@ -103,9 +103,9 @@ def main() -> int:
                      system_metrics=False):  # fmt: skip
         runs = ordered_runs(run_jobs(jobs, data, workers=cfg.workers, split=cfg.split, on_done=progress), cfg)
         # image paths are relative to their source_root, itself relative to the project root (cwd)
-        written = write_outputs(cfg, runs, specs, memes, image_root=Path("."),
+        written, metrics = write_outputs(cfg, runs, specs, memes, image_root=Path("."),
                                 region_slots=region_slots(cfg, train))
-        log_to_mlflow(cfg, runs, jobs, specs, digest, written)
+        log_to_mlflow(cfg, runs, jobs, specs, digest, written, metrics)
     print(f"ablate: {len(runs)} runs, wrote {len(written)} files ({time.perf_counter() - start:.1f} s)")
     return 0
 
@@ -125,8 +125,9 @@ def region_slots(cfg: AblateConfig, train: TrainStageConfig) -> slice | None:
 
 
 def write_outputs(cfg: AblateConfig, runs: list[ArmRun], specs: dict[str, TaskSpec], memes: pd.DataFrame,
-                  image_root: Path, region_slots: slice | None = None) -> list[Path]:  # fmt: skip
-    """The statistics, checks, diagnostics and every declared output; returns the written paths."""
+                  image_root: Path, region_slots: slice | None = None) -> tuple[list[Path], dict[str, Any]]:  # fmt: skip
+    """The statistics, checks, diagnostics and every declared output; returns the written paths and
+    the dvc metrics (``reports/metrics/ablate.json``)."""
     from memeops.evaluation import ablation as ab
     from memeops.training.ablate import predictions_long, runs_frame
 
@@ -153,13 +154,14 @@ def write_outputs(cfg: AblateConfig, runs: list[ArmRun], specs: dict[str, TaskSp
     runs_frame(runs).to_csv(RUNS_CSV, index=False)
     predictions_long(runs).to_parquet(PREDICTIONS, index=False)
     METRICS_OUT.parent.mkdir(parents=True, exist_ok=True)
-    METRICS_OUT.write_text(json.dumps(ab.ablation_metrics_json(summary, claims), indent=2, sort_keys=True) + "\n",
+    metrics = ab.ablation_metrics_json(summary, claims)
+    METRICS_OUT.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n",
                            encoding="utf-8")  # fmt: skip
-    return [*written, RUNS_CSV, PREDICTIONS, METRICS_OUT]
+    return [*written, RUNS_CSV, PREDICTIONS, METRICS_OUT], metrics
 
 
 def log_to_mlflow(cfg: AblateConfig, runs: list[ArmRun], jobs: list[ArmJob], specs: dict[str, TaskSpec],
-                  digest: str, written: list[Path]) -> None:  # fmt: skip
+                  digest: str, written: list[Path], metrics: dict[str, Any]) -> None:  # fmt: skip
     """Child runs of the active (parent) run, one per arm and seed: overrides, test metrics, best
     epoch; then the summary metrics and the written files on the parent."""
     import mlflow
@@ -179,7 +181,7 @@ def log_to_mlflow(cfg: AblateConfig, runs: list[ArmRun], jobs: list[ArmJob], spe
             run_specs = [specs[t] for t in run.predictions.probs if t in specs]
             log_metrics({cfg.split: all_metrics(run.predictions, run_specs), "best_epoch": run.best_epoch,
                          "seconds": run.seconds})  # fmt: skip
-    log_metrics(json.loads(METRICS_OUT.read_text(encoding="utf-8")))
+    log_metrics(metrics)
     for path in written:
         if path.is_file() and path.suffix in {".csv", ".md", ".json", ".png"}:
             mlflow.log_artifact(str(path), artifact_path="ablate")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -254,7 +253,6 @@ _WORKER: ArmWorker | None = None
 
 def _init_worker(data: AblationData) -> None:
     global _WORKER
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER = ArmWorker.load(data)
 
 
