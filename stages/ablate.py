@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from memeops.config import load_params
+from memeops.config import ConfigError, load_params
 from memeops.data.features import FeatureConfig
 from memeops.data.mgmcf_inputs import RegionFeaturesConfig
 from memeops.evaluation.ablation import ArmRun
@@ -93,10 +93,7 @@ def main() -> int:
 
     memes = read_memes(data.memes_path)
     specs = {s.name: s for s in trainable_specs(memes, train.tasks)[0]}
-    from memeops.evaluation.ablation import parse_metric
-
-    for metric in [*cfg.metrics, *(c.metric for c in cfg.claims)]:  # a typo fails now, not after the training
-        parse_metric(metric, specs)
+    check_metric_names(cfg, specs)  # a typo fails now, not after the training
     digest = file_md5(data.memes_path)
     with tracked_run(experiment=train.experiment, run_name="ablate", stage="ablate", variant=None, seed=None,
                      data_digest=digest, params={"ablate": cfg.model_dump(mode="json")},
@@ -108,6 +105,18 @@ def main() -> int:
         log_to_mlflow(cfg, runs, jobs, specs, digest, written, metrics)
     print(f"ablate: {len(runs)} runs, wrote {len(written)} files ({time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def check_metric_names(cfg: AblateConfig, specs: dict[str, TaskSpec]) -> None:
+    """Every metric of ``ablate.metrics`` and of the claims names a task the runs will have; else a
+    one-line :class:`ConfigError` (``run_stage`` prints it, exit 2)."""
+    from memeops.evaluation.ablation import parse_metric
+
+    for metric in [*cfg.metrics, *(c.metric for c in cfg.claims)]:
+        try:
+            parse_metric(metric, specs)
+        except ValueError as exc:
+            raise ConfigError(f"params.yaml ablate: {exc}") from exc
 
 
 def region_slots(cfg: AblateConfig, train: TrainStageConfig) -> slice | None:

@@ -118,3 +118,18 @@ def test_runs_are_scored_on_test_aligned_by_meme_and_deterministic(tmp_path: Pat
     assert list(frame.columns[:5]) == ["group", "arm", "seed", "best_epoch", "seconds"] and len(frame) == 6
     long = predictions_long(ordered)
     assert len(long) == 6 * 2 * 20 and set(long["task"]) == {"hateful", "sentiment"}
+
+
+def test_a_metric_the_tasks_cannot_have_is_a_one_line_config_error() -> None:
+    from memeops.config import ConfigError
+    from memeops.models.base import TaskSpec
+    from stages.ablate import check_metric_names
+
+    specs = {"hateful": TaskSpec("hateful", "single", ("no", "yes")),
+             "sentiment": TaskSpec("sentiment", "single", ("negative", "neutral", "positive"))}  # fmt: skip
+    check_metric_names(_ablate(), specs)  # mean/macro_f1 and hateful/auroc exist
+    with pytest.raises(ConfigError, match="params.yaml ablate: .*sentiment"):
+        check_metric_names(_ablate(metrics=["sentiment/auroc"]), specs)  # not a binary task
+    claim = {"claim": "c", "group": "gatedclip", "better": "full", "worse": "no_gate", "metric": "sarcasm/macro_f1"}
+    with pytest.raises(ConfigError, match="sarcasm"):
+        check_metric_names(_ablate(claims=[claim]), specs)  # a task no run predicts
