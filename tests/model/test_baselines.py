@@ -109,11 +109,14 @@ def _xor_side(k: int, direction: torch.Tensor, g: torch.Generator) -> torch.Tens
     return v * torch.where((v @ direction > 0) == want_pos, 1.0, -1.0)[:, None]
 
 
-def _xor_data() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """All K×K image/text pairings; label = sign(⟨x, a⟩) XOR sign(⟨t, b⟩).
+def _xor_data(rule: str = "xor") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """All K×K image/text pairings; label = sign(⟨x, a⟩) XOR sign(⟨t, b⟩) (``rule="xor"``), or
+    sign(⟨t, b⟩) alone (``"text"``), or sign(⟨x, a⟩) alone (``"image"``).
 
-    Every image (and every text) appears with both labels equally often, so any single-modality
-    model is capped at exactly 0.5 even if it memorises its inputs.
+    Every image (and every text) appears with both XOR labels equally often, so any single-modality
+    model is capped at exactly 0.5 even if it memorises its inputs. Under ``"text"`` every image
+    appears with both labels equally often too (half its partner texts are positive): an image-only
+    model is capped at 0.5 there as well, and a text-only model is under ``"image"``.
     """
     g = torch.Generator().manual_seed(123)
     a = F.normalize(torch.randn(XOR_DIM, generator=g), dim=0)
@@ -121,12 +124,14 @@ def _xor_data() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     x, t = _xor_side(XOR_K, a, g), _xor_side(XOR_K, b, g)
     i, j = torch.cartesian_prod(torch.arange(XOR_K), torch.arange(XOR_K)).T
     x, t = x[i], t[j]  # [K², D]
-    return {"image_emb": x, "text_emb": t}, ((x @ a > 0) ^ (t @ b > 0)).long()
+    labels = {"xor": (x @ a > 0) ^ (t @ b > 0), "text": t @ b > 0, "image": x @ a > 0}
+    return {"image_emb": x, "text_emb": t}, labels[rule].long()
 
 
-def _xor_fit(name: str, **config) -> tuple[float, ModelOutput]:
-    """Full-batch Adam on the XOR pairs; returns train accuracy and the final eval-mode output."""
-    batch, y = _xor_data()
+def _xor_fit(name: str, rule: str = "xor", **config) -> tuple[float, ModelOutput]:
+    """Full-batch Adam on the pairs labelled by ``rule``; returns train accuracy and the final
+    eval-mode output (seeded, one thread: the same numbers on every run)."""
+    batch, y = _xor_data(rule)
     torch.manual_seed(0)
     model = build_model(name, {"image_dim": XOR_DIM, "text_dim": XOR_DIM, **config}, [XOR_SPEC])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -164,16 +169,29 @@ def test_xor_overfit(one_thread, name, config, low, high):
     assert low <= acc <= high, f"{name} {config}: train accuracy {acc:.3f}"
 
 
-def test_xor_learned_gate_solves_it_or_collapses_to_a_hard_switch(one_thread):
-    """The gated mix can express XOR (the fixed-gate variant fits it), but the learned gate may
-    saturate to g ∈ {0, 1}: each example then sees one modality and accuracy sticks at 0.75.
-    That happened on 2 of 6 init seeds in our sweep (seed 0, used here, is one of them), so the
-    test pins the dichotomy, not a lucky seed."""
+def test_xor_learned_gate_fits_it(one_thread):
+    """The learned gate can express XOR (as the fixed gate does). The gate may saturate to a hard
+    switch on some init seeds and then sticks near 0.75; init seed 0 (fixed here) does not."""
     acc, out = _xor_fit("gatedclip")
-    gate = out.extras["gate"]
-    saturated = ((gate < 0.05) | (gate > 0.95)).float().mean().item()
-    collapsed = abs(acc - 0.75) < 0.03 and saturated > 0.9
-    assert acc > 0.9 or collapsed, f"acc {acc:.3f}, saturated gates {saturated:.2f}"
+    assert acc > 0.9, f"acc {acc:.3f}"
+    assert out.extras["gate"].shape == (XOR_K * XOR_K,)
+
+
+@pytest.mark.parametrize(("rule", "informed", "blind", "gate_side"), [
+    ("text", "text_only", "image_only", lambda g: g < 0.1),  # g weights the image: ~0 = text
+    ("image", "image_only", "text_only", lambda g: g > 0.9),
+])  # fmt: skip
+def test_one_modality_label_is_learned_by_that_modality_only(one_thread, rule, informed, blind, gate_side):
+    """Label = a function of one modality: the baseline that sees it fits it, the baseline that
+    sees the other stays at chance (exactly 0.5 by construction of the pairs), and the learned gate
+    routes (almost) all weight to the informative modality."""
+    acc_informed, _ = _xor_fit(informed, rule)
+    acc_blind, _ = _xor_fit(blind, rule)
+    acc_gated, out = _xor_fit("gatedclip", rule)
+    assert acc_informed > 0.95, f"{informed} on a {rule} label: {acc_informed:.3f}"
+    assert abs(acc_blind - 0.5) < 0.05, f"{blind} on a {rule} label: {acc_blind:.3f}"
+    gate = out.extras["gate"].mean().item()
+    assert acc_gated > 0.95 and gate_side(gate), f"gatedclip on a {rule} label: acc {acc_gated:.3f}, mean gate {gate:.3f}"
 
 
 def test_masked_loss_skips_missing_labels_in_training():

@@ -24,8 +24,10 @@ from memeops.training.tune import (
     TuneJob,
     apply_tuned,
     default_params,
+    fit_trial,
     params_to_overrides,
     parse_space,
+    prepare,
     resolve_storage,
     run_parallel,
     split_trials,
@@ -180,6 +182,18 @@ def _job(tmp_path: Path, cached_features, storage: str, n_trials: int, **tune: o
                    feature_dir=str(feature_dir), feature_spec="spec", feature_dim=DIM, root=str(tmp_path))  # fmt: skip
 
 
+def assert_report_matches_study(report: dict, db: Path) -> None:
+    """The report's best is the study's: the maximum value over the completed trials (read back from
+    the storage), with that trial's number and params; the defaults are trial 0's params."""
+    study = optuna.load_study(study_name=report["study"], storage=f"sqlite:///{db}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert report["direction"] == "maximize"
+    top = max(complete, key=lambda t: t.value)
+    assert report["best_trial"] == top.number and report["best_value"] == pytest.approx(top.value, rel=1e-5)
+    assert report["best_params"] == pytest.approx(top.params, rel=1e-5)
+    assert report["default_params"] == pytest.approx(study.trials[0].params) and study.trials[0].user_attrs["defaults"]
+
+
 def _children(parent_id: str) -> pd.DataFrame:
     return mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
 
@@ -197,7 +211,12 @@ def test_tiny_study_prunes_tracks_every_trial_and_writes_the_report(tmp_path: Pa
     assert json.loads(out.read_text()) == report
     assert report["n_trials"]["total"] == 6 and report["n_trials"]["pruned"] >= 1 and report["n_trials"]["fail"] == 0
     assert report["default_params"] == {"config.dropout": 0.3, "trainer.lr": 0.01}
-    assert report["best_value"] >= report["default_value"] and report["improvement"] >= 0
+    assert_report_matches_study(report, tmp_path / ".cache" / "optuna" / "text_only.db")
+    # the reported default value is that of the default config, trained again on its own
+    prepared, data = prepare(job)
+    refit = fit_trial(prepared, data, params_to_overrides(report["default_params"]), tmp_path / "refit")
+    assert report["default_value"] == pytest.approx(refit.best_value, rel=1e-5)
+    assert report["improvement"] == pytest.approx(report["best_value"] - report["default_value"], abs=1e-5)
     assert set(report["overrides"]) == {"trainer", "config"} and report["budget"]["epochs"] == 4
     assert apply_tuned(job.train, "text_only", report).trainer_config("text_only").lr == report["best_params"]["trainer.lr"]
     rows = pd.read_csv(csv)
