@@ -4,8 +4,9 @@ Run from the project root as ``python -m stages.report``. Reads the reports the 
 (metrics, comparison, ablations when present, VLM examples, datasheet, validation), predicts a few
 test memes with the served model folders in ``models/``, computes MGMCF's attention on some of
 them, and looks up the latest MLflow run per stage; writes ``reports/index.html`` and
-``reports/report_assets/`` (memeops.evaluation.report; docs/report.md). A model folder or the
-tracking store being unavailable leaves a note in its section, not a failed stage.
+``reports/report_assets/`` (page: memeops.reporting.page; predictions: memeops.evaluation.samples;
+docs/report.md). A model folder or the tracking store being unavailable leaves a note in its
+section, not a failed stage.
 
 Options (no params.yaml section): ``--models`` (model folders under ``models/`` whose predictions
 are shown), ``--samples`` (how many test memes), ``--attention`` (how many of them get an MGMCF
@@ -21,14 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from memeops.evaluation.report import (
-    build_report,
-    latest_mlflow_runs,
-    meme_image_path,
-    mgmcf_attention,
-    predict_samples,
-    select_sample_memes,
-)
+from memeops.evaluation.samples import meme_image_path, mgmcf_attention, predict_samples, select_sample_memes
+from memeops.reporting.inputs import latest_mlflow_runs
+from memeops.reporting.page import build_report
 from memeops.threads import torch_threads
 from stages import run_stage
 

@@ -1,4 +1,4 @@
-"""The report page (memeops.evaluation.report): its HTML, and that it renders in headless Chromium.
+"""The report page (memeops.reporting.page): its HTML, and that it renders in headless Chromium.
 
 The browser test builds a report from small fixture inputs written here (metrics, a comparison,
 ablations, VLM examples, datasheet / validation, a tiny meme image), opens it as ``file://`` in
@@ -31,13 +31,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from memeops.evaluation.report import (
-    AttentionMap,
-    MlflowRun,
-    SampleMeme,
-    build_report,
-    markdown_to_html,
-)
+from memeops.reporting.inputs import AttentionMap, MlflowRun, SampleMeme
+from memeops.reporting.markdown import markdown_to_html
+from memeops.reporting.page import build_report
 
 EVIL = '<script>alert("x")</script> & <b>bold</b>'
 CANDIDATES = (
@@ -173,6 +169,18 @@ def test_report_without_optional_inputs_says_so(tmp_path: Path) -> None:
     assert "http://127.0.0.1:5000" not in page  # no runs, no links
     # the page works from another folder: its assets sit next to it
     assert all((out.parent / s).is_file() for s in _img_srcs(page))
+
+
+def test_comparison_shows_every_variant_with_metrics(tmp_path: Path) -> None:
+    """A variant with metrics but missing from stage compare's comparison.csv is still a column."""
+    kwargs = write_fixture_reports(tmp_path, ablations=False)
+    metrics = kwargs["reports_dir"] / "metrics"
+    (metrics / "gamma_late.json").write_text(json.dumps(_metrics("gamma_late", {"sentiment": "macro_f1"}, 0.42)))
+    page = build_report(kwargs["reports_dir"], tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    comparison = page.split('<section id="comparison">')[1].split("</section>")[0]
+    header = re.findall(r"<th>([^<]*)</th>", comparison.split("</thead>")[0])
+    assert header == ["task", "alpha", "beta", "gamma_late"]
+    assert "0.420" in comparison
 
 
 def test_markdown_subset_escapes_raw_html() -> None:
