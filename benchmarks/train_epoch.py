@@ -25,7 +25,7 @@ from memeops.models.factory import build_model, model_config_class
 from memeops.threads import torch_threads
 from memeops.training.experiment import TrainStageConfig, trainable_specs
 from memeops.training.seeding import make_generator, seed_everything
-from memeops.training.trainer import compute_loss, make_optimizer
+from memeops.training.optim import compute_loss, make_optimizer
 
 VARIANT = "gatedclip"
 

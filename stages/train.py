@@ -26,7 +26,7 @@ from memeops.data.mgmcf_inputs import RegionFeaturesConfig
 from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
 from memeops.training import distributed as ddp
 from memeops.training.experiment import TrainStageConfig, run_variant
-from memeops.training.trainer import resolve_device
+from memeops.training.optim import resolve_device
 from memeops.training.tune import apply_tuned
 from memeops.vision.extract import RegionsConfig
 from stages import run_stage

@@ -32,7 +32,7 @@ from memeops.models.base import ModelOutput
 from memeops.training import TrainConfig, fit, seed_everything, strip_timing
 from memeops.training import distributed as ddp
 from memeops.training.distributed import SINGLE, DistContext
-from memeops.training.trainer import _loader
+from memeops.training.inference import make_loader
 
 N_TRAIN, N_VAL, BATCH = 65, 40, 16  # 5 global batches, the last of 1 sample (a rank gets a stand-in)
 EPOCHS = 4
@@ -184,8 +184,8 @@ def test_sharded_loaders_split_the_one_process_batches(kind: str) -> None:
         return [list(b["meme_id"]) for b in loader]
 
     def build(shuffle: bool, ctx: DistContext):
-        return _loader(train, BATCH, shuffle=shuffle, generator=torch.Generator().manual_seed(7), collate_fn=collate,
-                       num_workers=0, device=torch.device("cpu"), dist_ctx=ctx)  # fmt: skip
+        return make_loader(train, BATCH, shuffle=shuffle, generator=torch.Generator().manual_seed(7),
+                           collate_fn=collate, num_workers=0, device=torch.device("cpu"), dist_ctx=ctx)
 
     for shuffle in (True, False):
         torch.manual_seed(0)

@@ -19,7 +19,7 @@ from memeops.models.mgmcf import (
     info_nce,
 )
 from memeops.training.seeding import seed_everything
-from memeops.training.trainer import compute_loss
+from memeops.training.optim import compute_loss
 
 SPECS = [
     TaskSpec("metaphor", "single", ("no", "yes")),

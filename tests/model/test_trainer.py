@@ -31,7 +31,7 @@ from memeops.training import (
     weights_hash,
 )
 from memeops.training import checkpoint as ckpt
-from memeops.training.trainer import make_scheduler
+from memeops.training.optim import make_scheduler
 
 RESUME_SCRIPT = Path(__file__).with_name("_resume_script.py")
 SLEEP = 0.4  # seconds per epoch in the victim, so the kill lands mid-run

@@ -8,19 +8,10 @@ after selection with :func:`predict` and :func:`memeops.evaluation.all_metrics`.
 from memeops.evaluation.metrics import Predictions
 from memeops.training.checkpoint import checkpoint_dir, load_weights, save_weights, weights_hash
 from memeops.training.seeding import capture_rng_state, restore_rng_state, seed_everything
-from memeops.training.trainer import (
-    Callback,
-    FitResult,
-    TrainConfig,
-    compute_loss,
-    evaluate,
-    fit,
-    lr_factor,
-    predict,
-    resolve_amp,
-    resolve_device,
-    strip_timing,
-)
+from memeops.training.inference import evaluate, predict
+from memeops.training.optim import compute_loss, lr_factor, resolve_amp, resolve_device
+from memeops.training.train_config import Callback, FitResult, TrainConfig, strip_timing
+from memeops.training.trainer import fit
 
 __all__ = [
     "Callback",

@@ -51,8 +51,10 @@ from memeops.evaluation.metrics import (
 from memeops.models.base import TaskSpec, count_trainable, task_specs
 from memeops.models.factory import build_model, model_config_class
 from memeops.tracking.runs import file_md5
+from memeops.training.inference import predict
 from memeops.training.seeding import make_generator, seed_everything
-from memeops.training.trainer import FitResult, TrainConfig, fit, predict
+from memeops.training.train_config import FitResult, TrainConfig
+from memeops.training.trainer import fit
 
 EVAL_SPLITS = tuple(s for s in SPLITS if s != "train")  # val first: it is the selection split
 TEST_SPLITS = tuple(s for s in EVAL_SPLITS if s.startswith("test"))

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from memeops.threads import torch_threads
-from memeops.training.trainer import lr_factor
+from memeops.training.optim import lr_factor
 from memeops.vlm.instructions import InstructionSample, length_buckets
 from memeops.vlm.model import IGNORE, TinyVLM, TinyVLMConfig, apply_lora, encode_pairs, train_tokenizer
 
