@@ -5,8 +5,8 @@ Run from the project root as ``python -m stages.ablate``. Settings: ``params.abl
 without object-level features, with concatenation instead of CAP, ...; GatedCLIP without its gate,
 projection or alignment term; the baselines) is trained once per seed under its group's protocol,
 selected on VAL and scored once on TEST (:mod:`memeops.training.ablate`); the statistics, mechanism
-checks, GatedCLIP gate diagnostics and MGMCF robustness curve come from
-:mod:`memeops.evaluation.ablation`. Tuned params (``reports/tuning/<variant>.json``) apply to the arms
+checks, GatedCLIP gate diagnostics and MGMCF robustness curve come from :mod:`memeops.stats` and
+:mod:`memeops.evaluation.ablation`, the report files from :mod:`memeops.reporting.ablation`. Tuned params (``reports/tuning/<variant>.json``) apply to the arms
 built from a tuned variant, as they do in stage ``train``.
 
 Writes ``reports/ablations.csv`` / ``.md`` (what the report page shows), ``reports/ablate/runs.csv``
@@ -30,9 +30,9 @@ import pandas as pd
 from memeops.config import ConfigError, load_params
 from memeops.data.features import FeatureConfig
 from memeops.data.mgmcf_inputs import RegionFeaturesConfig
-from memeops.evaluation.ablation import ArmRun
 from memeops.models.base import TaskSpec
 from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
+from memeops.stats import ArmRun
 from memeops.training.ablate import AblateConfig, AblationData, ArmJob, build_jobs, ordered_runs, run_jobs
 from memeops.training.experiment import TrainStageConfig
 from memeops.training.tune import apply_tuned
@@ -110,7 +110,7 @@ def main() -> int:
 def check_metric_names(cfg: AblateConfig, specs: dict[str, TaskSpec]) -> None:
     """Every metric of ``ablate.metrics`` and of the claims names a task the runs will have; else a
     one-line :class:`ConfigError` (``run_stage`` prints it, exit 2)."""
-    from memeops.evaluation.ablation import parse_metric
+    from memeops.stats import parse_metric
 
     for metric in [*cfg.metrics, *(c.metric for c in cfg.claims)]:
         try:
@@ -137,33 +137,34 @@ def write_outputs(cfg: AblateConfig, runs: list[ArmRun], specs: dict[str, TaskSp
                   image_root: Path, region_slots: slice | None = None) -> tuple[list[Path], dict[str, Any]]:  # fmt: skip
     """The statistics, checks, diagnostics and every declared output; returns the written paths and
     the dvc metrics (``reports/metrics/ablate.json``)."""
+    from memeops import stats
     from memeops.evaluation import ablation as ab
+    from memeops.reporting import ablation as report
     from memeops.training.ablate import predictions_long, runs_frame
 
-    summary = ab.summarise(runs, specs, cfg.metrics, references={g: grp.reference for g, grp in cfg.groups.items()},
-                           n_boot=cfg.n_boot, seed=cfg.bootstrap_seed, confidence=cfg.confidence)  # fmt: skip
+    summary = stats.summarise(runs, specs, cfg.metrics, references={g: grp.reference for g, grp in cfg.groups.items()},
+                              n_boot=cfg.n_boot, seed=cfg.bootstrap_seed, confidence=cfg.confidence)  # fmt: skip
     claims = ab.check_claims(runs, specs, [c.model_dump() for c in cfg.claims], n_boot=cfg.n_boot,
                              seed=cfg.bootstrap_seed, confidence=cfg.confidence)  # fmt: skip
     _fresh(FIGURES, PLOTS, RUNS_CSV.parent, PREDICTIONS.parent)
     gate = robustness = None
     if cfg.gate is not None:
         gate_runs = [r for r in runs if r.group == cfg.gate.group and r.arm == cfg.gate.arm]
-        gate = ab.gate_report(gate_runs, specs, cfg.gate.tasks, memes, image_root, cfg.gate.examples,
-                              figures_dir=FIGURES)  # fmt: skip
+        gate = ab.gate_report(gate_runs, specs, cfg.gate.tasks, memes, image_root, cfg.gate.examples)
     if cfg.robustness is not None:
         rob = cfg.robustness
         group_runs = [r for r in runs if r.group == rob.group]
         robustness = ab.robustness_report(group_runs, specs, summary, rob.levels, rob.fallback, rob.metric,
                                           rob.group, region_slots, n_boot=cfg.n_boot, seed=cfg.bootstrap_seed,
-                                          confidence=cfg.confidence, figures_dir=FIGURES)  # fmt: skip
+                                          confidence=cfg.confidence)  # fmt: skip
     descriptions = {f"{g}/{a}": arm.description for g, grp in cfg.groups.items() for a, arm in grp.arms.items()}
-    written = ab.write_ablation_reports(summary, claims, REPORTS, headline=cfg.metrics[0], gate=gate,
-                                        robustness=robustness, figures_dir=FIGURES, plots_dir=PLOTS,
-                                        descriptions=descriptions)  # fmt: skip
+    written = report.write_ablation_reports(summary, claims, REPORTS, headline=cfg.metrics[0], gate=gate,
+                                            robustness=robustness, figures_dir=FIGURES, plots_dir=PLOTS,
+                                            descriptions=descriptions)  # fmt: skip
     runs_frame(runs).to_csv(RUNS_CSV, index=False)
     predictions_long(runs).to_parquet(PREDICTIONS, index=False)
     METRICS_OUT.parent.mkdir(parents=True, exist_ok=True)
-    metrics = ab.ablation_metrics_json(summary, claims)
+    metrics = report.ablation_metrics_json(summary, claims)
     METRICS_OUT.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n",
                            encoding="utf-8")  # fmt: skip
     return [*written, RUNS_CSV, PREDICTIONS, METRICS_OUT], metrics

@@ -37,9 +37,8 @@ from memeops.evaluation.evaluate import (
     evaluate_variants,
     evaluated_splits,
     headline_metrics,
-    markdown_report,
-    plot_reliability,
 )
+from memeops.reporting.evaluation import markdown_report, plot_reliability
 from memeops.tracking.runs import file_md5
 from stages import run_stage
 

@@ -1,5 +1,6 @@
-"""Ablation statistics: metrics by name, the seed-aware paired bootstrap against a slow loop, Holm,
-mechanism claims, gate diagnostics, the robustness verdict and the report writers."""
+"""Ablation statistics on the core (memeops.stats): metrics by name, the seed-and-meme bootstrap against a
+slow loop, mechanism claims, gate diagnostics, the robustness verdict and the report writers
+(memeops.reporting.ablation)."""
 
 from __future__ import annotations
 
@@ -17,33 +18,31 @@ from PIL import Image
 from memeops.evaluation.ablation import (
     COLLAPSES,
     CONTRADICTED,
-    CSV_COLUMNS,
     FALLS_BACK,
     NOT_RUN,
     NOT_SIGNIFICANT,
-    SUMMARY_COLUMNS,
     SUPPORTED,
-    ArmRun,
-    ablation_metrics_json,
-    bootstrap_group,
-    bootstrap_indices,
     check_claims,
     gate_by_class,
     gate_examples,
     gate_report,
-    holm,
-    metric_value,
     region_attention_mass,
     robustness_frame,
     robustness_report,
     robustness_verdict,
-    summarise,
-    two_sided_p,
-    value_cell,
-    write_ablation_reports,
 )
 from memeops.evaluation.metrics import Predictions, all_metrics
 from memeops.models.base import IGNORE_INDEX, MISSING_MULTI, TaskSpec
+from memeops.reporting.ablation import CSV_COLUMNS, ablation_metrics_json, value_cell, write_ablation_reports
+from memeops.stats import (
+    SUMMARY_COLUMNS,
+    ArmRun,
+    bootstrap_group,
+    bootstrap_indices,
+    metric_value,
+    seed_draws,
+    summarise,
+)
 
 BINARY = TaskSpec("hateful", "single", ("no", "yes"))
 TRI = TaskSpec("sentiment", "single", ("neg", "neu", "pos"))
@@ -175,33 +174,39 @@ def subset(preds: Predictions, idx: np.ndarray) -> Predictions:
     )
 
 
-def slow_seed_means(arm_runs: Sequence[ArmRun], metric: str, n: int, n_boot: int, seed: int) -> np.ndarray:
-    """The straightforward loop: per resample, all_metrics of every seed's resampled predictions, averaged."""
+def slow_seed_means(
+    arm_runs: Sequence[ArmRun], metric: str, n: int, n_boot: int, seed: int, resample_seeds: bool = False
+) -> np.ndarray:
+    """The straightforward loop: per resample, all_metrics of every (drawn) seed's resampled
+    predictions, averaged over the drawn seeds (each seed once without ``resample_seeds``)."""
     idx_all = np.concatenate(list(bootstrap_indices(n, n_boot, seed)))
+    arm_runs = sorted(arm_runs, key=lambda r: r.seed)
+    draws = seed_draws(len(arm_runs), n_boot, seed) if resample_seeds else np.ones((n_boot, len(arm_runs)))
     out = []
-    for idx in idx_all:
+    for b, idx in enumerate(idx_all):
+        drawn = [r for r, times in zip(arm_runs, draws[b], strict=True) for _ in range(int(times))]
         values = [
-            all_metrics(subset(r.predictions, idx), list(SPECS.values())).get(metric, math.nan)
-            for r in arm_runs
+            all_metrics(subset(r.predictions, idx), list(SPECS.values())).get(metric, math.nan) for r in drawn
         ]
         out.append(np.mean(values))
     return np.array(out)
 
 
-def test_vectorised_bootstrap_equals_slow_loop() -> None:
+@pytest.mark.parametrize("resample_seeds", [False, True])
+def test_vectorised_bootstrap_equals_slow_loop(resample_seeds: bool) -> None:
     n, n_boot, seed = 25, 40, 3
     targets = make_targets(n, seed=5, positives=3)  # rare positives: some AUROC resamples are undefined
     runs = [
         make_run("g", arm, s, targets, noise=noise)
-        for s in range(2)
+        for s in range(3)
         for arm, noise in (("full", 1.0), ("other", 2.5))
     ]
-    boot = bootstrap_group(runs, SPECS, METRICS, n_boot=n_boot, seed=seed)
+    boot = bootstrap_group(runs, SPECS, METRICS, n_boot=n_boot, seed=seed, resample_seeds=resample_seeds)
     n_undefined = 0
     for arm in ("full", "other"):
         arm_runs = [r for r in runs if r.arm == arm]
         for metric in METRICS:
-            slow = slow_seed_means(arm_runs, metric, n, n_boot, seed)
+            slow = slow_seed_means(arm_runs, metric, n, n_boot, seed, resample_seeds)
             np.testing.assert_allclose(
                 boot.resampled[(arm, metric)], slow, rtol=0, atol=1e-12, equal_nan=True
             )
@@ -209,10 +214,10 @@ def test_vectorised_bootstrap_equals_slow_loop() -> None:
     assert n_undefined > 0  # the skip-and-count path was exercised
 
     # the summary's CI and p come from exactly these resamples
-    frame = summarise(runs, SPECS, ["hateful/auroc"], n_boot=n_boot, seed=seed)
+    frame = summarise(runs, SPECS, ["hateful/auroc"], n_boot=n_boot, seed=seed, resample_seeds=resample_seeds)
     rec = frame[frame["arm"] == "other"].iloc[0]
-    a = slow_seed_means([r for r in runs if r.arm == "other"], "hateful/auroc", n, n_boot, seed)
-    b = slow_seed_means([r for r in runs if r.arm == "full"], "hateful/auroc", n, n_boot, seed)
+    a = slow_seed_means([r for r in runs if r.arm == "other"], "hateful/auroc", n, n_boot, seed, resample_seeds)
+    b = slow_seed_means([r for r in runs if r.arm == "full"], "hateful/auroc", n, n_boot, seed, resample_seeds)
     deltas = (a - b)[~np.isnan(a - b)]
     n_valid = len(deltas)
     expected_p = min(
@@ -261,22 +266,7 @@ def test_identical_arms_are_not_significant(summary: pd.DataFrame) -> None:
         assert rec["delta"] == 0 and rec["p_value"] == 1.0 and not rec["significant"], metric
 
 
-def test_two_sided_p_formula() -> None:
-    deltas = np.array([-1.0] * 10 + [1.0] * 90)
-    assert two_sided_p(deltas) == pytest.approx(2 * 11 / 101)  # the smaller tail, doubled
-    assert two_sided_p(-deltas) == pytest.approx(2 * 11 / 101)  # symmetric
-    assert two_sided_p(np.zeros(50)) == 1.0  # capped
-    assert math.isnan(two_sided_p(np.array([])))
-
-
-def test_holm_by_hand_and_monotone(summary: pd.DataFrame) -> None:
-    np.testing.assert_allclose(
-        holm([0.01, 0.04, 0.03, math.nan]), [0.03, 0.06, 0.06, math.nan], equal_nan=True
-    )
-    p = np.random.default_rng(0).random(12) * 0.2
-    adj = holm(p)
-    order = np.argsort(p)
-    assert (np.diff(adj[order]) >= 0).all() and (adj >= p).all() and (adj <= 1).all()
+def test_summary_p_values_are_holm_adjusted(summary: pd.DataFrame) -> None:
     for metric in METRICS:
         sub = summary[(summary["metric"] == metric) & (summary["arm"] != "full")].dropna(subset=["p_value"])
         assert (sub["p_holm"] >= sub["p_value"] - 1e-15).all()
@@ -623,19 +613,19 @@ def test_per_group_references(runs: list[ArmRun]) -> None:
         summarise(other, SPECS, ["hateful/auroc"], n_boot=10, references={"h": "nope"})
 
 
-def test_diagnostics_draw_figures_once(tmp_path: Path, summary: pd.DataFrame) -> None:
+def test_writer_draws_the_diagnostics_figures(tmp_path: Path, summary: pd.DataFrame) -> None:
+    """The diagnostics compute; the writer draws their figures into ``figures_dir`` and links them."""
     figs = tmp_path / "figures" / "ablate"
-    gate = gate_report(gate_runs(), SPECS, ["hateful"], meme_table(), tmp_path, 2, figures_dir=figs)
+    gate = gate_report(gate_runs(), SPECS, ["hateful"], meme_table(), tmp_path, 2)
     rob_runs = robustness_runs(False)
     rob_summary = summarise(rob_runs, SPECS, ["mean/macro_f1"], n_boot=30)
-    rob = robustness_report(rob_runs, SPECS, rob_summary, LEVELS, "no_object_level", "mean/macro_f1",
-                            n_boot=30, figures_dir=figs)  # fmt: skip
-    assert [p.name for p in gate.figures] == ["gatedclip_gate_by_class.png", "gatedclip_gate_examples.png"]
-    assert rob.figure == figs / "mgmcf_robustness.png" and rob.verdict["verdict"] == FALLS_BACK
+    rob = robustness_report(rob_runs, SPECS, rob_summary, LEVELS, "no_object_level", "mean/macro_f1", n_boot=30)
+    assert rob.verdict["verdict"] == FALLS_BACK
     written = write_ablation_reports(
         summary, [], tmp_path / "reports", gate=gate, robustness=rob, figures_dir=figs
     )
-    assert {*gate.figures, rob.figure} <= set(written)
+    expected = {figs / n for n in ("gatedclip_gate_by_class.png", "gatedclip_gate_examples.png", "mgmcf_robustness.png")}
+    assert expected <= set(written)
     md = (tmp_path / "reports" / "ablations.md").read_text(encoding="utf-8")
     assert (
         "`../figures/ablate/mgmcf_robustness.png`" in md and "`../figures/ablate/g_hateful_auroc.png`" in md

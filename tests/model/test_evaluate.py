@@ -27,12 +27,11 @@ from memeops.evaluation.evaluate import (
     evaluate_variants,
     fast_task_metrics,
     headline_metrics,
-    markdown_report,
-    plot_reliability,
     primary_metric,
 )
 from memeops.evaluation.metrics import Predictions, bootstrap_ci, fast_binary_auroc, task_metrics
 from memeops.models.base import IGNORE_INDEX, TaskSpec
+from memeops.reporting.evaluation import markdown_report, plot_reliability
 from memeops.tracking.promotion import log_eval_predictions
 from memeops.tracking.registry import registered_model_name
 from memeops.tracking.runs import tracked_run

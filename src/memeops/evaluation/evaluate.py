@@ -12,11 +12,13 @@ of every requested split, joins them with the meme table on ``meme_id`` and comp
   values from :func:`memeops.evaluation.metrics.task_metrics` (sklearn, the project's conventions);
 * a seeded percentile-bootstrap 95% interval of every one of those metrics and of the task's
   expected calibration error (labelled rows resampled, as
-  :func:`memeops.evaluation.metrics.bootstrap_ci` does, but all resamples at once: the metrics
-  come from resample-weighted confusion counts, see :func:`bootstrap_task_cis`), plus an interval
-  of the mean primary metric over tasks from memes resampled jointly for all tasks;
+  :func:`memeops.evaluation.metrics.bootstrap_ci` does, but all resamples at once from
+  resample-weighted confusion counts: :func:`memeops.stats.task_intervals`), plus an interval of
+  the mean primary metric over tasks from memes resampled jointly for all tasks
+  (:func:`memeops.stats.mean_primary`);
 * top-label expected calibration error (:mod:`memeops.evaluation.calibration`) per task and pooled
-  over tasks, and the pooled reliability bins (drawn by :func:`plot_reliability`);
+  over tasks, and the pooled reliability bins (drawn by
+  :func:`memeops.reporting.evaluation.plot_reliability`);
 * the same per-task metrics by ``source``, by ``language`` and by image style (SynthMeme's
   background style, ``extra["style"]`` of the meme table: see
   :mod:`memeops.data.loaders.synthmeme`); a group whose labelled rows for a task number fewer than
@@ -30,7 +32,8 @@ line (:class:`EvaluationError`): the table changed since the run, so its numbers
 
 Output (:func:`evaluate_variants`): one JSON-able dict, ``variants -> <variant> -> versions ->
 <alias> -> splits -> <split> -> {overall, summary, by_source, by_language, by_style, ece, notes}``;
-:func:`markdown_report` renders it, :func:`headline_metrics` flattens its summaries.
+:func:`memeops.reporting.evaluation.markdown_report` renders it, :func:`headline_metrics` flattens
+its summaries.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,13 +54,13 @@ from memeops.evaluation.calibration import (
     reliability_bins,
     task_confidence,
 )
-from memeops.evaluation.metrics import MULTI_THRESHOLD, primary_metric, task_metrics
+from memeops import stats
+from memeops.evaluation.metrics import primary_metric, task_metrics
 from memeops.models.base import TaskSpec
+from memeops.stats import TaskArrays
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from memeops.tracking.promotion import TaskArrays
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 ALIASES = (CHALLENGER, CHAMPION)
@@ -154,172 +156,34 @@ def check_split(attrs: pd.DataFrame, meme_ids: Sequence[str], split: str, what: 
         )
 
 
-# --------------------------------------------------------------------------- vectorised bootstrap
+# --------------------------------------------------------------------------- intervals (memeops.stats)
 
 
-def resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``[n_boot, n]`` multiplicities of ``n_boot`` resamples with replacement of ``n`` rows."""
-    idx = rng.integers(0, n, size=(n_boot, n))
-    flat = (np.arange(n_boot)[:, None] * n + idx).ravel()
-    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
-
-
-def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b > 0)
-
-
-def _single_weighted(probs: np.ndarray, y: np.ndarray, w: np.ndarray, binary: bool) -> dict[str, np.ndarray]:
-    """Single-label metrics for each row of weights ``w`` ``[B, n]`` (multiplicities): equal to
-    sklearn's with ``zero_division=0`` (macro over classes in targets or predictions; weighted by
-    true support) evaluated on the resample the weights describe."""
-    n_labels = probs.shape[1]
-    pred = probs.argmax(axis=1)
-    cell = y.astype(np.int64) * n_labels + pred
-    onehot = np.zeros((len(y), n_labels * n_labels))
-    onehot[np.arange(len(y)), cell] = 1.0
-    conf = (w @ onehot).reshape(len(w), n_labels, n_labels)  # [B, true, pred]
-    tp = np.diagonal(conf, axis1=1, axis2=2)
-    n_true, n_pred = conf.sum(axis=2), conf.sum(axis=1)
-    total = n_true.sum(axis=1)
-    f1 = _div(2 * tp, n_true + n_pred)
-    present = (n_true + n_pred) > 0
-    out = {
-        "accuracy": _div(tp.sum(axis=1), total),
-        "macro_f1": np.where(
-            present.any(axis=1), (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1), np.nan
-        ),
-        "weighted_f1": _div((n_true * f1).sum(axis=1), total),
-        "weighted_precision": _div((n_true * _div(tp, n_pred)).sum(axis=1), total),
-        "weighted_recall": _div((n_true * _div(tp, n_true)).sum(axis=1), total),
-    }
-    if binary:
-        out["auroc"] = _weighted_auroc(probs[:, 1], y, w)
-    return out
-
-
-def _weighted_auroc(scores: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Binary AUROC per weight row: the Mann-Whitney statistic with ties counted half
-    (= sklearn's roc_auc_score on the resample); NaN where a resample has one class."""
-    order = np.argsort(scores, kind="mergesort")
-    s, pos = scores[order], y[order].astype(bool)
-    ws = w[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # groups of tied scores
-    g_pos = np.add.reduceat(ws * pos, starts, axis=1)
-    g_neg = np.add.reduceat(ws * ~pos, starts, axis=1)
-    neg_below = np.cumsum(g_neg, axis=1) - g_neg
-    u = (g_pos * (neg_below + 0.5 * g_neg)).sum(axis=1)
-    n_pos, n_neg = g_pos.sum(axis=1), g_neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
-
-
-def _multi_weighted(probs: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
-    """Multi-label metrics per weight row (= sklearn's with ``zero_division=0``, predictions
-    ``p >= 0.5``)."""
-    pred = probs >= MULTI_THRESHOLD
-    truth = y >= 0.5
-    tp = w @ (pred & truth).astype(np.float64)
-    fp = w @ (pred & ~truth).astype(np.float64)
-    fn = w @ (~pred & truth).astype(np.float64)
-    support = tp + fn
-    f1 = _div(2 * tp, 2 * tp + fp + fn)
-    exact = w @ (pred == truth).all(axis=1).astype(np.float64)
-    return {
-        "micro_f1": _div(2 * tp.sum(axis=1), (2 * tp + fp + fn).sum(axis=1)),
-        "macro_f1": f1.mean(axis=1),
-        "weighted_f1": _div((support * f1).sum(axis=1), support.sum(axis=1)),
-        "subset_accuracy": _div(exact, w.sum(axis=1)),
-    }
-
-
-def weighted_task_metrics(
-    spec: TaskSpec, probs: np.ndarray, targets: np.ndarray, w: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Every metric of :func:`task_metrics` for each row of resample weights ``w`` ``[B, n]``
-    (labelled rows only); ``w = ones`` gives the point values."""
-    if spec.kind == "multi":
-        return _multi_weighted(probs, targets, w)
-    return _single_weighted(probs, targets, w, spec.is_binary)
-
-
-def weighted_ece(
-    spec: TaskSpec, probs: np.ndarray, targets: np.ndarray, w: np.ndarray, n_bins: int
-) -> np.ndarray:
-    """The task's expected calibration error per row of resample weights ``w``."""
-    conf, correct = task_confidence(probs, targets, spec.kind)
-    if spec.kind == "multi":  # per (meme, label) pairs: a meme's weight on each of its labels
-        w = np.repeat(w, probs.shape[1], axis=1)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.searchsorted(edges[1:-1], np.clip(conf, 0.0, 1.0), side="left")
-    onehot = np.zeros((len(conf), n_bins))
-    onehot[np.arange(len(conf)), idx] = 1.0
-    count = w @ onehot
-    gap = np.abs(
-        w @ (onehot * correct[:, None]) - w @ (onehot * conf[:, None])
-    )  # |sum ok - sum conf| per bin
-    return _div(gap.sum(axis=1), count.sum(axis=1))
-
-
-def _percentile_ci(values: np.ndarray) -> list[float] | None:
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return None
-    low, high = np.percentile(values, [2.5, 97.5])
-    return [round(float(low), 6), round(float(high), 6)]
+def _rounded(interval: tuple[float, float]) -> list[float] | None:
+    low, high = interval
+    return None if math.isnan(low) else [round(low, 6), round(high, 6)]
 
 
 def bootstrap_task_cis(
     spec: TaskSpec, probs: np.ndarray, targets: np.ndarray, *, n_boot: int, seed: int, n_bins: int,
-    metrics: Sequence[str] | None = None, chunk: int = 250,
+    metrics: Sequence[str] | None = None,
 ) -> dict[str, list[float] | None]:  # fmt: skip
     """Seeded percentile-bootstrap 95% intervals of the task's metrics (``metrics``: a subset;
-    None: all, and ``ece``) on its labelled rows. The resamples are drawn as in
-    :func:`memeops.evaluation.metrics.bootstrap_ci` (rows with replacement, NaN resamples skipped)
-    and evaluated all at once from weighted counts (chunks of ``chunk`` resamples bound memory)."""
-    n = len(targets)
-    if n_boot == 0 or n == 0:
-        return {}
-    rng = np.random.default_rng(seed)
-    collected: dict[str, list[np.ndarray]] = {}
-    done = 0
-    while done < n_boot:
-        b = min(chunk, n_boot - done)
-        w = resample_weights(n, b, rng)
-        values = weighted_task_metrics(spec, probs, targets, w)
-        if metrics is None or "ece" in metrics:
-            values["ece"] = weighted_ece(spec, probs, targets, w, n_bins)
-        for name, v in values.items():
-            if metrics is None or name in metrics:
-                collected.setdefault(name, []).append(v)
-        done += b
-    return {name: _percentile_ci(np.concatenate(parts)) for name, parts in collected.items()}
+    None: all, and ``ece``) on its labelled rows: :func:`memeops.stats.task_intervals` (the
+    resamples of :func:`memeops.evaluation.metrics.bootstrap_ci` with the same seed)."""
+    calibration = (*task_confidence(probs, targets, spec.kind), n_bins)
+    cis = stats.task_intervals(spec, probs, targets, n_boot=n_boot, seed=seed, metrics=metrics,
+                               calibration=calibration)  # fmt: skip
+    return {name: _rounded(ci) for name, ci in cis.items()}
 
 
 def bootstrap_mean_primary(
-    arrays: Mapping[str, TaskArrays], rows: np.ndarray, *, n_boot: int, seed: int, chunk: int = 250,
-) -> list[float] | None:  # fmt: skip
+    arrays: Mapping[str, TaskArrays], rows: np.ndarray, *, n_boot: int, seed: int
+) -> list[float] | None:
     """95% interval of the mean over tasks of each task's primary metric, memes (``rows`` of the
-    arrays) resampled jointly for all tasks; each task uses the labelled memes among them (the
-    statistic promotion compares, :func:`memeops.tracking.promotion.paired_bootstrap`)."""
-    tasks = [t for t, a in arrays.items() if a.mask[rows].any()]
-    if n_boot == 0 or not tasks or len(rows) == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    parts, done = [], 0
-    while done < n_boot:
-        b = min(chunk, n_boot - done)
-        w = resample_weights(len(rows), b, rng)
-        per_task = []
-        for task in tasks:
-            a = arrays[task]
-            keep = a.mask[rows]
-            sel = rows[keep]
-            values = weighted_task_metrics(a.spec, a.probs[sel], a.targets[sel], w[:, keep])
-            metric = values[primary_metric(a.spec)]
-            per_task.append(np.where(w[:, keep].sum(axis=1) > 0, metric, np.nan))
-        parts.append(np.mean(per_task, axis=0))  # NaN when a task is undefined on the resample
-        done += b
-    return _percentile_ci(np.concatenate(parts))
+    arrays) resampled jointly for all tasks (:func:`memeops.stats.mean_primary`, the statistic
+    promotion compares)."""
+    return _rounded(stats.mean_primary_interval(arrays, rows, n_boot=n_boot, seed=seed))
 
 
 # --------------------------------------------------------------------------- one split of one model
@@ -342,9 +206,9 @@ def _clean(value: Any) -> Any:
 
 def fast_task_metrics(spec: TaskSpec, probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     """:func:`memeops.evaluation.metrics.task_metrics` (same keys, same values: tested) from the
-    vectorised counts, ~20x faster than sklearn's; used for the many small breakdown groups."""
-    values = weighted_task_metrics(spec, probs, targets, np.ones((1, len(targets))))
-    return {**{k: float(v[0]) for k, v in values.items()}, "n": float(len(targets))}
+    weighted counts of :mod:`memeops.stats`, ~20x faster than sklearn's; used for the many small
+    breakdown groups."""
+    return stats.point_statistics(probs, targets, spec)
 
 
 def task_block(
@@ -642,134 +506,3 @@ def headline_metrics(report: Mapping[str, Any]) -> dict[str, dict[str, dict[str,
                     "mean_primary": s["mean_primary"], "mean_macro_f1": s["mean_macro_f1"],
                     "ece": s["ece_pooled"], "n_memes": s["n_memes"]}  # fmt: skip
     return out
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    return "–" if _nan(value) else f"{value:.{digits}f}"
-
-
-def _fmt_ci(ci: Any) -> str:
-    return "" if not ci else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows), ""]  # fmt: skip
-
-
-def markdown_report(report: Mapping[str, Any], figures: Mapping[str, str] | None = None) -> str:
-    """``reports/evaluation.md``: the summary table, then per variant its notes, the per-task
-    metrics of every evaluated version and split, and the breakdown tables. ``figures``: variant ->
-    reliability PNG path relative to the Markdown file."""
-    s = report.get("settings", {})
-    lines = [
-        "# Evaluation of the registered models (stage `evaluate`)", "",
-        ("Written by stage `evaluate` from the per-meme predictions each training run logged "
-         "(`predictions/<split>.parquet`; test data is scored once, at training) for the versions behind "
-         "`challenger` and `champion`. Primary metric: AUROC for binary tasks, macro-F1 otherwise; "
-         f"intervals: {s.get('n_boot')}-resample percentile bootstrap 95% (seed {s.get('seed')}); "
-         f"ECE: top-label, {s.get('ece_bins')} equal-width bins; breakdown groups with fewer than "
-         f"{s.get('min_group_size')} labelled memes for a task show only their n."), "",
-        "## Summary", "",
-    ]  # fmt: skip
-    rows = []
-    for variant, alias, version, split, block in evaluated_splits(report):
-        sm = block["summary"]
-        rows.append([variant, alias, f"v{version}", split, str(sm["n_memes"]),
-                     _fmt(sm["mean_primary"]) + _fmt_ci(sm.get("mean_primary_ci95")),
-                     _fmt(sm["mean_macro_f1"]), _fmt(sm["ece_pooled"])])  # fmt: skip
-    lines += _table(["variant", "alias", "version", "split", "memes", "mean primary [95% CI]",
-                     "mean macro-F1", "ECE (pooled)"], rows) if rows else ["No split could be evaluated.", ""]  # fmt: skip
-    for variant, vb in report.get("variants", {}).items():
-        lines += [f"## {variant} (`{vb.get('registered_model')}`)", ""]
-        lines += [f"- {n}" for n in vb.get("notes", [])]
-        for alias, entry in vb.get("versions", {}).items():
-            if entry.get("status") == "absent":
-                continue
-            if "same_as" in entry:
-                continue
-            lines += [f"- {'+'.join(entry['aliases'])}: v{entry['version']}, run `{entry.get('run_id')}`"]
-            lines += [f"  - {n}" for n in entry.get("notes", [])]
-            for split, block in entry.get("splits", {}).items():
-                if block.get("status") != "ok":
-                    lines += [f"  - {split}: {block.get('note')}"]
-        lines.append("")
-        if figures and variant in figures:
-            lines += [f"![reliability {variant}]({figures[variant]})", ""]
-        for alias, entry in vb.get("versions", {}).items():
-            for split, block in (entry.get("splits") or {}).items():
-                if block.get("status") != "ok":
-                    continue
-                label = f"{'+'.join(entry['aliases'])} v{entry['version']} · {split}"
-                lines += [f"### {label}", ""]
-                lines += [f"- {n}" for n in block.get("notes", [])] + ([""] if block.get("notes") else [])
-                lines += _task_table(block["overall"])
-                lines += _breakdown_table(block)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _task_table(overall: Mapping[str, Any]) -> list[str]:
-    rows = []
-    for task, t in overall.items():
-        ci = (t.get("ci95") or {}).get(t["primary"])
-        multi = "subset_accuracy" in t
-        rows.append([task, str(t["n"]), t["primary"], _fmt(t.get(t["primary"])) + _fmt_ci(ci),
-                     _fmt(t.get("subset_accuracy") if multi else t.get("accuracy")), _fmt(t.get("macro_f1")),
-                     _fmt(t.get("weighted_f1")), _fmt(t.get("weighted_precision")), _fmt(t.get("weighted_recall")),
-                     _fmt(t.get("auroc")), _fmt(t.get("ece"))])  # fmt: skip
-    return _table(["task", "n", "primary", "value [95% CI]", "accuracy", "macro-F1", "weighted-F1",
-                   "w-precision", "w-recall", "AUROC", "ECE"], rows)  # fmt: skip
-
-
-def _breakdown_table(block: Mapping[str, Any]) -> list[str]:
-    """Rows: groups of every breakdown; columns: each task's primary metric (n); small: n only."""
-    tasks = list(block["overall"])
-    rows = []
-    for column in BREAKDOWNS:
-        for group, g in (block.get(f"by_{column}") or {}).items():
-            cells = []
-            for task in tasks:
-                t = g["tasks"].get(task, {})
-                if t.get("small"):
-                    cells.append(f"(n={t['n']}, small)")
-                else:
-                    cells.append(f"{_fmt(t.get(t.get('primary', 'macro_f1')))} (n={t.get('n')})")
-            rows.append([column, group, str(g["n_memes"]), _fmt(g["summary"].get("mean_primary")), *cells])
-    if not rows:
-        return []
-    return ["Breakdown (each task's primary metric, n labelled):", "",
-            *_table(["by", "group", "memes", "mean primary", *tasks], rows)]  # fmt: skip
-
-
-def plot_reliability(curves: Mapping[str, ReliabilityBins], path: str | Path, title: str) -> Path:
-    """A reliability diagram PNG: accuracy against mean confidence per bin, one line per curve
-    (legend with its ECE), the diagonal, and the share of predictions per bin below."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6.0, 6.4), dpi=110)
-    FigureCanvasAgg(fig)
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
-    for i, (label, bins) in enumerate(curves.items()):
-        filled = bins.count > 0
-        color = f"C{i % 10}"
-        top.plot(bins.confidence[filled], bins.accuracy[filled], marker="o", markersize=3, color=color,
-                 label=f"{label} (ECE {bins.ece:.3f}, n={bins.n})")  # fmt: skip
-        width = (bins.edges[1] - bins.edges[0]) / max(len(curves), 1)
-        bottom.bar(bins.edges[:-1] + i * width, bins.count / max(bins.n, 1), width=width, align="edge",
-                   color=color, alpha=0.7)  # fmt: skip
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_ylabel("accuracy")
-    top.set_title(title, fontsize=10)
-    top.legend(fontsize=7, loc="lower right")
-    top.grid(alpha=0.3)
-    bottom.set_xlabel("confidence (top label, pooled over tasks)")
-    bottom.set_ylabel("share")
-    bottom.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path

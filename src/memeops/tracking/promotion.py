@@ -9,7 +9,7 @@ with the one behind ``champion`` and moves ``champion`` only when all of these h
 2. both runs were scored on the same evaluation data (run tag ``memeops.data_digest`` equal, and
    the same memes with the same labels in the compared split's prediction artifacts);
 3. the challenger's statistic — the mean over the compared tasks of each task's primary metric
-   (AUROC for binary tasks, macro-F1 otherwise; :func:`memeops.training.experiment.primary_metric`)
+   (AUROC for binary tasks, macro-F1 otherwise; :func:`memeops.stats.primary_statistic`)
    — beats the champion's by at least ``margin``, and a paired bootstrap (memes resampled jointly
    for both models and all tasks) gives a one-sided p-value below ``1 - confidence`` for
    "the improvement is at most ``margin``".
@@ -53,8 +53,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from memeops.evaluation.metrics import Predictions, fast_binary_auroc, fast_macro_f1
+from memeops.evaluation.metrics import Predictions
 from memeops.models.base import IGNORE_INDEX, MISSING_MULTI, TaskSpec
+from memeops.stats import TaskArrays, mean_primary, one_sided_p, primary_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -203,16 +204,6 @@ def load_eval_predictions(run_id: str, split: str) -> pd.DataFrame | None:
         return pd.read_parquet(local)
 
 
-@dataclass
-class TaskArrays:
-    """One task's predictions of one model, rows in the frame's meme order."""
-
-    spec: TaskSpec
-    probs: np.ndarray  # [N, L]
-    targets: np.ndarray  # single: [N] int (IGNORE_INDEX missing); multi: [N, L] (MISSING_MULTI rows)
-    mask: np.ndarray  # [N] bool, labelled rows
-
-
 def frame_arrays(frame: pd.DataFrame, meme_ids: Sequence[str]) -> dict[str, TaskArrays]:
     """Per-task arrays of a predictions frame, rows ordered as ``meme_ids`` (each must be present)."""
     order = {m: i for i, m in enumerate(meme_ids)}
@@ -245,22 +236,6 @@ def frame_arrays(frame: pd.DataFrame, meme_ids: Sequence[str]) -> dict[str, Task
 # --------------------------------------------------------------------------- the paired bootstrap
 
 
-def primary_value(spec: TaskSpec, probs: np.ndarray, targets: np.ndarray) -> float:
-    """The task's primary metric on (already labelled) rows: AUROC for binary tasks, macro-F1
-    otherwise (multi-label: per-label F1 at 0.5, averaged; = sklearn with zero_division=0)."""
-    if len(targets) == 0:
-        return math.nan
-    if spec.is_binary:
-        return fast_binary_auroc(probs[:, 1], targets)
-    if spec.kind == "multi":
-        pred, y = probs >= 0.5, targets.astype(bool)
-        tp = (pred & y).sum(axis=0)
-        denom = pred.sum(axis=0) + y.sum(axis=0)
-        f1 = np.divide(2.0 * tp, denom, out=np.zeros(len(tp)), where=denom > 0)
-        return float(f1.mean())
-    return fast_macro_f1(probs.argmax(axis=1), targets, spec.num_labels)
-
-
 @dataclass
 class BootstrapResult:
     challenger: float  # mean primary metric over the tasks, full split
@@ -279,34 +254,22 @@ def paired_bootstrap(
     challenger: Mapping[str, TaskArrays], champion: Mapping[str, TaskArrays], tasks: Sequence[str],
     *, margin: float, n_boot: int, seed: int,
 ) -> BootstrapResult:  # fmt: skip
-    """Paired bootstrap of ``mean over tasks(primary metric)``, challenger minus champion.
+    """Paired bootstrap of ``mean over tasks(primary metric)``, challenger minus champion
+    (:func:`memeops.stats.mean_primary` on the same resamples for both models).
 
-    Memes are resampled with replacement, the same indices for both models and every task (a meme
+    Memes are resampled with replacement, the same draws for both models and every task (a meme
     labelled for several tasks stays one unit); each task then uses the labelled rows among them.
-    The p-value is ``(1 + #{resamples with delta <= margin}) / (1 + #valid resamples)``: small when
-    the challenger's advantage over the margin is stable. Resamples where a metric is undefined
+    The p-value is :func:`memeops.stats.one_sided_p` of "delta <= margin":
+    ``(1 + #{resamples with delta <= margin}) / (1 + #valid resamples)``, small when the
+    challenger's advantage over the margin is stable. Resamples where a metric is undefined
     (e.g. AUROC on a one-class resample) are skipped.
     """
-
-    def stat(arrays: Mapping[str, TaskArrays], idx: np.ndarray | None) -> tuple[float, dict[str, float]]:
-        values = {}
-        for task in tasks:
-            a = arrays[task]
-            rows = np.flatnonzero(a.mask) if idx is None else idx[a.mask[idx]]
-            values[task] = primary_value(a.spec, a.probs[rows], a.targets[rows])
-        return float(np.mean(list(values.values()))), values
-
-    obs_c, per_c = stat(challenger, None)
-    obs_h, per_h = stat(champion, None)
-    n = len(next(iter(challenger.values())).mask)
-    rng = np.random.default_rng(seed)
-    deltas = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        deltas[b] = stat(challenger, idx)[0] - stat(champion, idx)[0]
+    per_c, boot_c = mean_primary(challenger, tasks, n_boot=n_boot, seed=seed)
+    per_h, boot_h = mean_primary(champion, tasks, n_boot=n_boot, seed=seed)
+    deltas = boot_c - boot_h
     deltas = deltas[~np.isnan(deltas)]
-    p_value = float((1 + np.sum(deltas <= margin)) / (1 + len(deltas))) if len(deltas) else math.nan
-    return BootstrapResult(obs_c, obs_h, per_c, per_h, p_value, len(deltas))
+    obs_c, obs_h = float(np.mean(list(per_c.values()))), float(np.mean(list(per_h.values())))
+    return BootstrapResult(obs_c, obs_h, per_c, per_h, one_sided_p(deltas, margin), len(deltas))
 
 
 # --------------------------------------------------------------------------- the decision
