@@ -11,7 +11,7 @@ from pathlib import Path
 
 from memeops.config import load_params
 from memeops.data.consolidate import read_memes
-from memeops.vision.detect import load_detector_dir
+from memeops.vision.detector_dir import load_detector_dir
 from memeops.vision.extract import RegionsConfig, extract_regions, summarise
 from stages import run_stage
 

@@ -107,7 +107,7 @@ def predict(
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import pandas as pd
 
-    from memeops.tracking.pyfunc import load_predictor
+    from memeops.serving.predictor import load_predictor
 
     user_errors: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, OSError)
     try:

@@ -34,7 +34,8 @@ from memeops.models.base import TaskSpec
 from memeops.models.clip import ClipEncoderConfig, build_clip_model
 from memeops.models.factory import build_model
 from memeops.models.text_tokenizer import CorpusTokenizer
-from memeops.tracking.pyfunc import MemePredictor, log_pyfunc, save_model_dir
+from memeops.serving.predictor import MemePredictor
+from memeops.serving.pyfunc import log_pyfunc, save_model_dir
 from memeops.tracking.registry import CHAMPION_ALIAS, alias_uri, register_and_alias
 from memeops.tracking.runs import tracked_run
 

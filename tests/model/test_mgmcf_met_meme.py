@@ -23,7 +23,6 @@ from memeops.config import ConsolidateConfig
 from memeops.data.consolidate import consolidate
 from memeops.data.features import FeatureConfig, FeatureStore, extract_features
 from memeops.data.mgmcf_inputs import (
-    MgmcfInputEncoder,
     MgmcfInputs,
     MgmcfInputsConfig,
     RegionFeaturesConfig,
@@ -34,7 +33,10 @@ from memeops.data.mgmcf_inputs import (
 from memeops.data.taxonomy import load_taxonomy
 from memeops.models.clip import ClipEncoderConfig, load_clip
 from memeops.models.region_cnn import build_region_cnn
-from memeops.tracking.pyfunc import MemePredictor, example_frame, save_model_dir
+from memeops.serving.inputs import example_frame
+from memeops.serving.mgmcf import MgmcfInputEncoder
+from memeops.serving.predictor import MemePredictor
+from memeops.serving.pyfunc import save_model_dir
 from memeops.training.experiment import TrainStageConfig, train_variant, variant_specs
 from memeops.vision.extract import VIEWS_DIR, RegionsConfig, extract_regions
 from memeops.vision.regions import RegionStore, RegionViewConfig

@@ -28,17 +28,10 @@ from memeops.models.base import TaskSpec
 from memeops.models.clip import ClipEncoderConfig, build_clip_model
 from memeops.models.factory import build_model
 from memeops.models.text_tokenizer import CorpusTokenizer
-from memeops.tracking.pyfunc import (
-    ENCODER_DIR,
-    HEAD_FILE,
-    SPEC_FILE,
-    MemePredictor,
-    decode_image,
-    load_predictor,
-    log_pyfunc,
-    pinned_requirements,
-    save_model_dir,
-)
+from memeops.serving.folder import ENCODER_DIR, HEAD_FILE, SPEC_FILE
+from memeops.serving.inputs import decode_image
+from memeops.serving.predictor import MemePredictor, load_predictor
+from memeops.serving.pyfunc import log_pyfunc, pinned_requirements, save_model_dir
 from memeops.tracking.registry import (
     alias_uri,
     alias_version,
@@ -362,6 +355,16 @@ def test_logged_registered_model_loads_in_a_fresh_process(
         loaded.predict(pd.DataFrame({"image": ["@@@"], "text": ["x"]}))
     with pytest.raises(mlflow.exceptions.MlflowException, match="missing inputs"):
         loaded.predict(pd.DataFrame({"image": [b64]}))
+
+    # A model logged before the serving re-cut: its entry script imports the class from
+    # memeops.tracking.pyfunc, which in this process (memeops already imported) is the installed one.
+    old = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_path / "old")))
+    entry = old / "memeops_pyfunc_entry.py"
+    assert "from memeops.serving.pyfunc import MemePyfunc" in entry.read_text()
+    entry.write_text(entry.read_text().replace("memeops.serving.pyfunc", "memeops.tracking.pyfunc"))
+    np.testing.assert_allclose(
+        load_predictor(old).predict(frame)["hateful_p_yes"], predictor.predict(frame)["hateful_p_yes"], rtol=1e-5
+    )
 
 
 # --------------------------------------------------------------------------- CLI

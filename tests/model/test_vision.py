@@ -12,7 +12,6 @@ import pytest
 from PIL import Image, ImageDraw
 
 from memeops.vision.detect import (
-    DETECTOR_CONFIG_FILE,
     Detections,
     DetectorConfig,
     box_iou,
@@ -20,6 +19,9 @@ from memeops.vision.detect import (
     detection_map,
     grid_boxes,
     key_recall_at_k,
+)  # fmt: skip
+from memeops.vision.detector_dir import (
+    DETECTOR_CONFIG_FILE,
     load_detector,
     load_detector_dir,
     pack_detector,

@@ -13,10 +13,11 @@ from safetensors.torch import save_model
 
 from memeops.models.base import TaskSpec
 from memeops.models.clip import ClipEncoderConfig, load_clip
-from memeops.tracking.pyfunc import load_predictor, log_pyfunc, open_predictor
+from memeops.serving.predictor import load_predictor, open_predictor
+from memeops.serving.pyfunc import log_pyfunc
+from memeops.serving.vlm import VLMPredictor, save_vlm_dir
 from memeops.tracking.runs import tracked_run
 from memeops.vlm.instructions import InstructionSample, build_prompt, build_target
-from memeops.vlm.serve import VLMPredictor, save_vlm_dir
 from memeops.vlm.train import VLMTrainConfig, fit_vlm, score_candidates
 
 SPEC = TaskSpec("metaphor", "single", ("no", "yes"))

@@ -1,4 +1,4 @@
-"""MGMCF's inputs: cached region features, the training Dataset, and the serving input encoder.
+"""MGMCF's training inputs: cached region features and the training Dataset.
 
 Per meme MGMCF needs (see :mod:`memeops.models.mgmcf` for shapes)
 
@@ -14,25 +14,23 @@ Per meme MGMCF needs (see :mod:`memeops.models.mgmcf` for shapes)
   ``float16 [N, K, g*g, C]``, ``boxes [N, K, 4]``, ``scores [N, K]``, ``valid [N, K]``; the
   image SHA-256 keys in the header).
 
-The serving side (:class:`MgmcfInputEncoder`) runs the same chain on raw images: CLIP, text
-encoder, detector, crops, region CNN.
+The serving side (:class:`memeops.serving.mgmcf.MgmcfInputEncoder`) runs the same chain on raw
+images: CLIP, text encoder, detector, crops, region CNN.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
@@ -278,86 +276,3 @@ def cached_text_features(encoder: TextTokenEncoder, texts: list[str], cache_dir:
 def _positions(unique: list[str], texts: list[str]) -> Tensor:
     index = {t: i for i, t in enumerate(unique)}
     return torch.tensor([index[t] for t in texts], dtype=torch.long)
-
-
-# --------------------------------------------------------------------------- serving
-
-
-class MgmcfInputEncoder:
-    """Raw memes -> an MGMCF batch: CLIP global image, text encoder, detector, crops, region CNN.
-
-    Folder layout (inside the model folder's ``encoder/``): ``clip/`` (as ``clip_features``),
-    ``detector/`` (``memeops.vision`` detector folder; absent for grid views), ``text_encoder/``
-    (hf encoders only), ``region_cnn/`` (VGG16 weights only) and ``mgmcf_inputs.json``.
-    """
-
-    kind: ClassVar[str] = "mgmcf"
-    SPEC: ClassVar[str] = "mgmcf_inputs.json"
-
-    def __init__(self, clip: Any, text_encoder: TextTokenEncoder, detector: Any, view: Any, cnn: RegionCNN):
-        self.clip, self.text_encoder, self.detector, self.view, self.cnn = clip, text_encoder, detector, view, cnn
-
-    @classmethod
-    def pack(cls, sources: Mapping[str, Any], dest: Path) -> dict[str, Any]:
-        """``sources``: ``clip_dir``, ``detector_dir`` (or None), ``view`` (RegionViewConfig),
-        ``text_encoder`` (TextEncoderConfig), ``region_cnn`` (RegionCNNConfig)."""
-        from memeops.tracking.pyfunc import ClipFeatureInputs
-        from memeops.vision.detect import pack_detector
-
-        dest.mkdir(parents=True, exist_ok=True)
-        clip_section = ClipFeatureInputs.pack(Path(sources["clip_dir"]), dest / "clip")
-        view = sources["view"]
-        text_cfg: TextEncoderConfig = sources["text_encoder"]
-        cnn_cfg: RegionCNNConfig = sources["region_cnn"]
-        if view.source == "detector":
-            if not sources.get("detector_dir"):
-                raise ValueError("a detector region view needs the detector folder to pack")
-            pack_detector(Path(sources["detector_dir"]), dest / "detector")
-        if text_cfg.kind == "hf":
-            shutil.copytree(str(text_cfg.path), dest / "text_encoder")
-            text_cfg = text_cfg.model_copy(update={"path": "text_encoder"})
-        if cnn_cfg.kind == "vgg16" and cnn_cfg.weights:
-            (dest / "region_cnn").mkdir()
-            shutil.copyfile(cnn_cfg.weights, dest / "region_cnn" / Path(cnn_cfg.weights).name)
-            cnn_cfg = cnn_cfg.model_copy(update={"weights": f"region_cnn/{Path(cnn_cfg.weights).name}"})
-        spec = {"view": view.model_dump(mode="json"), "text_encoder": text_cfg.model_dump(mode="json"),
-                "region_cnn": cnn_cfg.model_dump(mode="json")}  # fmt: skip
-        (dest / cls.SPEC).write_text(json.dumps(spec, indent=2), encoding="utf-8")
-        return {"kind": cls.kind, "clip": clip_section, **spec}
-
-    @classmethod
-    def load(cls, folder: Path, section: Mapping[str, Any], device: str) -> MgmcfInputEncoder:
-        from memeops.tracking.pyfunc import ClipFeatureInputs
-        from memeops.vision.detect import load_detector_dir
-        from memeops.vision.regions import RegionViewConfig
-
-        spec = json.loads((folder / cls.SPEC).read_text(encoding="utf-8"))
-        clip = ClipFeatureInputs.load(folder / "clip", section.get("clip", {}), device).encoder
-        view = RegionViewConfig.model_validate(spec["view"])
-        text_cfg = TextEncoderConfig.model_validate(spec["text_encoder"])
-        if text_cfg.kind == "hf":
-            text_cfg = text_cfg.model_copy(update={"path": str(folder / str(text_cfg.path))})
-        cnn_cfg = RegionCNNConfig.model_validate(spec["region_cnn"])
-        if cnn_cfg.weights:
-            cnn_cfg = cnn_cfg.model_copy(update={"weights": str(folder / cnn_cfg.weights)})
-        detector = load_detector_dir(folder / "detector", device=device) if view.source == "detector" else None
-        return cls(clip, load_text_encoder(text_cfg, clip, device), detector, view,
-                   build_region_cnn(cnn_cfg, clip, device))  # fmt: skip
-
-    def encode(self, images: Sequence[Image.Image], texts: Sequence[str]) -> dict[str, Tensor]:
-        from memeops.vision.regions import regions_for_images
-
-        text = self.text_encoder.encode(list(texts))
-        rs = regions_for_images(list(images), self.detector, self.view)
-        regions = encode_regions(rs.keys, rs.crops, rs.boxes, rs.scores, rs.valid, self.cnn, rs.classes)
-        return {
-            "image_emb": self.clip.encode_images(list(images)),
-            "text_emb": text.global_,
-            "text_tokens": text.tokens,
-            "text_mask": text.mask,
-            "region_feats": regions.feats,
-            "region_boxes": regions.boxes,
-            "region_scores": regions.scores,
-            "region_mask": regions.valid,
-            "region_classes": regions.classes,
-        }

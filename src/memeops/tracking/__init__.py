@@ -1,7 +1,8 @@
-"""MLflow tracking and model packaging: runs with lineage tags, plots, pyfunc models, the registry.
+"""MLflow tracking: runs with lineage tags, plots, the registry (packing and serving models is
+:mod:`memeops.serving`'s).
 
 Submodules import mlflow lazily, and this package re-exports lazily too, so importing
-``memeops.tracking.plots`` (matplotlib only) or the model-folder predictor costs no mlflow import.
+``memeops.tracking.plots`` (matplotlib only) costs no mlflow import.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ _EXPORTS = {
     "ensure_experiment": "runs", "metric_name": "runs",
     "plot_confusion_matrix": "plots", "plot_roc_curve": "plots", "plot_training_curve": "plots",
     "write_history_csv": "plots", "evaluation_plots": "plots",
-    "MemePredictor": "pyfunc", "MemePyfunc": "pyfunc", "save_model_dir": "pyfunc", "log_pyfunc": "pyfunc",
-    "load_predictor": "pyfunc", "INPUT_ENCODERS": "pyfunc",
     "register_and_alias": "registry", "registered_model_name": "registry", "alias_version": "registry",
     "alias_uri": "registry", "promote": "registry",
 }  # fmt: skip

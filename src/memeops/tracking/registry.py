@@ -46,7 +46,7 @@ def register_and_alias(
     at that version; returns the version (a string, as MLflow gives it).
 
     ``model``: a model URI (``runs:/<run>/model``, ``models:/m-...``), or the ``ModelInfo`` from
-    :func:`memeops.tracking.pyfunc.log_pyfunc` (its registered version is reused when it was
+    :func:`memeops.serving.pyfunc.log_pyfunc` (its registered version is reused when it was
     logged with ``registered_model_name=name``, so nothing is registered twice).
     """
     import mlflow

@@ -343,7 +343,8 @@ def _family_inputs(
         if variant_cfg.inputs:
             raise ValueError(f"model {variant_cfg.model!r} takes no `inputs` section")
         return None
-    from memeops.data.mgmcf_inputs import MgmcfInputEncoder, MgmcfInputs, MgmcfInputsConfig
+    from memeops.data.mgmcf_inputs import MgmcfInputs, MgmcfInputsConfig
+    from memeops.serving.mgmcf import MgmcfInputEncoder
 
     if region_features is None or regions is None:
         raise ValueError("an mgmcf variant needs the region_features and regions params")
@@ -393,7 +394,7 @@ def run_variant(
     from memeops.models.clip import load_clip
     from memeops.tracking import plots
     from memeops.tracking.promotion import log_eval_predictions
-    from memeops.tracking.pyfunc import log_pyfunc, save_model_dir
+    from memeops.serving.pyfunc import log_pyfunc, save_model_dir
     from memeops.tracking.registry import register_and_alias
     from memeops.tracking.runs import MlflowCallback, log_dataset, log_metrics, tracked_run
 

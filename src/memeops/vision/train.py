@@ -29,15 +29,13 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from memeops.vision.detect import (
-    Detector,
-    DetectorConfig,
-    detection_ap,
-    detection_map,
-    key_recall_at_k,
+from memeops.vision.detect import Detector, DetectorConfig, detection_ap, detection_map, key_recall_at_k
+from memeops.vision.detector_dir import (
+    load_detector,
     load_detector_dir,
+    read_detector_config,
     save_detector_dir,
-)  # fmt: skip
+)
 from memeops.vision.yolo import YoloModelSpec, YoloTrainConfig, read_class_names, read_split_records
 
 SPLIT_FILES = ("classes.json", "train.jsonl", "val.jsonl", "test.jsonl")
@@ -228,8 +226,6 @@ def evaluate_detector(
 
 def evaluation_detector(folder: str | Path, cfg: DetectorEvalConfig) -> Detector:
     """The folder's detector with the evaluation pass's low threshold and larger ``max_det``."""
-    from memeops.vision.detect import load_detector, read_detector_config
-
     config = read_detector_config(folder).model_copy(update={"conf": cfg.conf, "max_det": cfg.max_det})
     return load_detector(config, base_dir=folder)
 

@@ -299,11 +299,11 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
     from memeops.models.base import task_specs
     from memeops.models.clip import load_clip
     from memeops.tracking.promotion import log_prediction_frame
-    from memeops.tracking.pyfunc import log_pyfunc
+    from memeops.serving.pyfunc import log_pyfunc
     from memeops.tracking.registry import register_and_alias
     from memeops.tracking.runs import log_dataset, log_metrics, tracked_run
     from memeops.training.experiment import _validation_passed, file_md5
-    from memeops.vlm.serve import save_vlm_dir
+    from memeops.serving.vlm import save_vlm_dir
 
     memes = read_memes(memes_path)
     digest = file_md5(memes_path)

@@ -1,7 +1,7 @@
 """Serving the offline VLM on raw memes: a self-contained model folder and its predictor.
 
 Folder layout (the same ``memeops_model.json`` contract as the head models, so the one MLflow
-pyfunc wrapper, :func:`memeops.tracking.pyfunc.log_pyfunc` and ``memeops predict`` serve it)::
+pyfunc wrapper, :func:`memeops.serving.pyfunc.log_pyfunc` and ``memeops predict`` serve it)::
 
     <model_dir>/
       memeops_model.json   model {"name": "vlm", "config": {...}}, tasks, inputs {"kind": "vlm"}
@@ -24,6 +24,15 @@ import numpy as np
 import pandas as pd
 
 from memeops.models.base import TaskSpec
+from memeops.serving.folder import (
+    ENCODER_DIR,
+    ClipFeatureInputs,
+    read_spec,
+    staged_model_dir,
+    task_specs,
+    write_spec,
+)
+from memeops.serving.inputs import INPUT_COLUMNS, caption_text, check_input_frame, decode_image, example_frame
 from memeops.vlm.instructions import InstructionSample, build_prompt, parse_answer
 from memeops.vlm.model import TinyVLM, load_vlm, save_vlm
 from memeops.vlm.train import VLMTrainConfig, generate_answers, score_candidates
@@ -34,15 +43,6 @@ MODEL_NAME = "vlm"
 def save_vlm_dir(directory: str | Path, model: TinyVLM, tokenizer: Any, specs: Sequence[TaskSpec],
                  clip_dir: str | Path, cfg: VLMTrainConfig, with_text: bool, *, verify: bool = True) -> Path:  # fmt: skip
     """Write the folder above (assembled beside ``directory``, renamed into place)."""
-    from memeops.tracking.pyfunc import (
-        ENCODER_DIR,
-        INPUT_COLUMNS,
-        ClipFeatureInputs,
-        example_frame,
-        staged_model_dir,
-        write_spec,
-    )
-
     directory = Path(directory)
     with staged_model_dir(directory) as staging:
         save_vlm(model, tokenizer, staging / "vlm")
@@ -69,15 +69,13 @@ class VLMPredictor:
 
     @classmethod
     def from_dir(cls, folder: str | Path, *, device: str = "cpu", explain: bool = True, **_: Any) -> VLMPredictor:
-        from memeops.tracking.pyfunc import ClipFeatureInputs, _read_spec, _specs
-
         folder = Path(folder)
-        spec = _read_spec(folder)
+        spec = read_spec(folder)
         if spec["model"]["name"] != MODEL_NAME:
             raise ValueError(f"{folder} holds a {spec['model']['name']!r} model, not a VLM")
         model, tokenizer = load_vlm(folder / "vlm")
         clip = ClipFeatureInputs.load(folder / spec["inputs"].get("dir", "encoder"), spec["inputs"], device).encoder
-        return cls(model, tokenizer, clip, _specs(spec), spec["model"]["config"], explain)
+        return cls(model, tokenizer, clip, task_specs(spec), spec["model"]["config"], explain)
 
     def _prefix(self, images: list[Any], texts: list[str]) -> np.ndarray:
         emb = self.clip.encode_images(images).numpy()
@@ -86,10 +84,8 @@ class VLMPredictor:
         return emb
 
     def predict(self, frame: Any) -> pd.DataFrame:
-        from memeops.tracking.pyfunc import _text, check_input_frame, decode_image
-
         frame = check_input_frame(frame)
-        texts = [_text(t, i) for i, t in enumerate(frame["text"].tolist())]
+        texts = [caption_text(t, i) for i, t in enumerate(frame["text"].tolist())]
         languages = [str(v) if isinstance(v, str) and v else None for v in frame.get("language", [None] * len(frame))]
         images = [decode_image(v, i) for i, v in enumerate(frame["image"].tolist())]
         prefix = self._prefix(images, texts)
