@@ -1,9 +1,11 @@
 """Stage ``train`` (a DVC matrix over ``train.variants``): one model variant on the cached features.
 
-``python -m stages.train <variant>``: fits on train, selects on val, scores val/test/test_unseen
-once, writes reports/metrics/<variant>.json and reports/plots/train/<variant>.csv, saves the
-self-contained model folder models/<variant>/, logs the run to MLflow and registers
-``memeops-<variant>`` with alias ``challenger`` (see memeops.training.experiment).
+``python -m stages.train <variant>``: for every seed of ``train.seeds`` fits on train, selects on
+val, scores val/test/test_unseen once; writes reports/metrics/<variant>.json (mean +- std over
+seeds, intervals over seeds and test memes), data/train/<variant>.parquet (every seed's test
+predictions) and reports/plots/train/<variant>.csv; saves the median-validation seed's model folder
+models/<variant>/, logs the runs to MLflow and registers ``memeops-<variant>`` with alias
+``challenger`` (see memeops.training.variant_stage).
 
 Data-parallel on several GPUs / nodes: ``torchrun --nproc-per-node 2 -m stages.train <variant>``
 (or ``accelerate launch --multi_gpu --num_processes 2 -m stages.train <variant>``). Rank 0 runs
@@ -16,17 +18,16 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from memeops.config import load_params
 from memeops.data.features import FeatureConfig
 from memeops.data.mgmcf_inputs import RegionFeaturesConfig
 from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
 from memeops.training import distributed as ddp
-from memeops.training.experiment import TrainStageConfig, run_variant
+from memeops.training.experiment import TrainStageConfig
 from memeops.training.optim import resolve_device
+from memeops.training.variant_stage import follow_variant, run_variant
 from memeops.training.tune import apply_tuned
 from memeops.vision.extract import RegionsConfig
 from stages import run_stage
@@ -56,7 +57,7 @@ def main() -> int:
     ctx = ddp.init_from_env(resolve_device(cfg.trainer_config(variant).device))
     try:
         if not ctx.is_main:
-            _follow_fit(variant, cfg, encoder_cfg, ctx, **inputs)
+            follow_variant(variant, cfg, encoder_cfg, ctx.rank, **inputs)
             return 0
         report = run_variant(
             variant, cfg, encoder_cfg, validation_report=Path("reports/validation.json"),
@@ -66,31 +67,9 @@ def main() -> int:
         ddp.cleanup(ctx)
     test = report.get("test", {})
     shown = ", ".join(f"{k} {v:.3f}" for k, v in test.items() if k.endswith("/auroc") and v is not None)
-    print(f"train {variant}: best epoch {report['best_epoch']}, val {report['monitor']} "
-          f"{report['val_best']:.3f}; test {shown}")  # fmt: skip
+    print(f"train {variant}: seeds {report['seeds']}, registered seed {report['selection']['selected_seed']} "
+          f"({report['selection']['rule']}); test mean over seeds: {shown}")  # fmt: skip
     return 0
-
-
-def _follow_fit(
-    variant: str, cfg: TrainStageConfig, encoder_cfg: Any, ctx: ddp.DistContext, *, memes_path: Path,
-    feature_dir: Path, region_features: Any, regions: Any,
-) -> None:  # fmt: skip
-    """A DDP rank > 0: the model, datasets and trainer config rank 0's run_variant builds (the same
-    train_variant call), in a throw-away run dir the trainer never writes to on this rank. Nothing
-    is tracked, reported, saved or registered here."""
-    from memeops.data.consolidate import read_memes
-    from memeops.data.features import FeatureStore
-    from memeops.models.clip import load_clip
-    from memeops.training.experiment import _family_inputs, train_variant, variant_specs
-
-    memes = read_memes(memes_path)
-    encoder = load_clip(encoder_cfg)
-    store = FeatureStore(feature_dir, encoder.spec_key)
-    specs, _ = variant_specs(variant, memes, cfg)
-    family = _family_inputs(cfg.variant(variant), memes, store, specs, encoder, region_features, regions)
-    with tempfile.TemporaryDirectory(prefix=f"memeops-rank{ctx.rank}-") as tmp:
-        train_variant(variant, memes, store, encoder.dim, cfg, Path(tmp),
-                      inputs=family.inputs if family is not None else None)  # fmt: skip
 
 
 if __name__ == "__main__":

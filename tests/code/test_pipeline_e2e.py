@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -26,7 +27,7 @@ TINY_PARAMS = {
     "validate": {"min_class_count": 1},
     "pretrain_clip": {"epochs": 1, "batch_size": 32},
     "encoders": {"clip": {"image_size": 64, "embed_dim": 64}},
-    "train": {"trainer": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "bootstrap_samples": 20,
+    "train": {"trainer": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "bootstrap_samples": 20, "seeds": [0, 1],
               "variants": {"gatedclip": {"trainer": {"epochs": 2, "patience": 2}},
                            "mgmcf": {"trainer": {"epochs": 2, "patience": 2}}}},
     "ocr": {"workers": 1, "cer_sample": 6},
@@ -89,10 +90,20 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     assert regions["images"] > 0
     assert set(regions["views"]) >= {"detector", "grid"}
 
-    for variant in VARIANTS:
+    for variant in VARIANTS:  # every variant over both seeds; the registered one chosen on val only
         report = json.loads((project_copy / "reports" / "metrics" / f"{variant}.json").read_text())
         assert "hateful/auroc" in report["test"] and "hateful/auroc" in report["ci95"]["test"], variant
+        assert report["seeds"] == [0, 1] and report["seed_summary"]["test"]["hateful/auroc"]["n_seeds"] == 2
+        assert report["selection"]["rule"] == "median-val" and report["registered"]["seed"] in (0, 1), variant
         assert (project_copy / "reports" / "plots" / "train" / f"{variant}.csv").is_file()
+        table = pd.read_parquet(project_copy / "data" / "train" / f"{variant}.parquet")
+        assert set(table["seed"]) == {0, 1} and set(table["split"]) == {"test", "test_unseen"}, variant
+    with (project_copy / "reports" / "comparison.csv").open(encoding="utf-8") as fh:
+        comparison = list(csv.DictReader(fh))
+    hateful = [r for r in comparison if r["task"] == "hateful" and r["metric"] == "auroc"]
+    assert {r["variant"] for r in hateful} >= {"gatedclip", "mgmcf", "vlm", "concat"}, hateful
+    assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in hateful), hateful
+    assert {r["n_seeds"] for r in hateful if r["variant"] != "vlm"} == {"2"}
     image = next((project_copy / "data" / "synthmeme" / "images").glob("*.jpg"))
     predicted = _run(["memeops", "predict", "--model", "models:/memeops-gatedclip@challenger", str(image),
                       "--text", "my boss be like", "--json"], project_copy, env)  # fmt: skip

@@ -99,11 +99,10 @@ def test_train_variant_selects_on_val_and_scores_each_eval_split_once(tmp_path: 
     assert fit_sets == [(100, 20)]  # fit never sees a test split
     assert scored == [20, 20, 20]  # val, test, test_unseen: once each, after fit
     report = result.report()
-    assert set(report) >= {"val", "test", "test_unseen", "ci95", "best_epoch", "primary_metric"}
-    low, high = report["ci95"]["test"]["hateful/auroc"]
-    assert 0.0 <= low <= report["test"]["hateful/auroc"] <= high <= 1.0
+    assert set(report) >= {"val", "test", "test_unseen", "best_epoch", "primary_metric"}
+    assert 0.0 <= report["test"]["hateful/auroc"] <= 1.0
     assert report["primary_metric"] == {"hateful": "auroc", "sentiment": "macro_f1"}
-    assert "val" not in report["ci95"]  # intervals describe the test report only
+    assert "ci95" not in report  # one seed's run: intervals come from the seed summary (variant_stage)
 
 
 def test_variant_task_override_is_checked_and_used() -> None:

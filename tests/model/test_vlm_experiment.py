@@ -12,6 +12,8 @@ from memeops.vlm.experiment import (
     compare_regimes,
     examples_frame,
     prediction_frame,
+    seed_summary,
+    seed_table,
     prefix_vectors,
     stage_report,
     train_regime,
@@ -84,9 +86,17 @@ def test_comparison_table_and_report(data) -> None:
     assert {"unified_macro_f1", "per_source_macro_f1", "unified_auroc", "per_source_auroc"} <= set(table.columns)
     assert set(table["task"]) == {"metaphor", "mean"}
     assert "| source |" in markdown_table(table)
-    report = stage_report(results["unified"], [SPEC], n_boot=20, seed=0, skipped={})
+    memes = pd.DataFrame({"meme_id": [s.meme_id for s in samples], "split": [s.split for s in samples]})
+    memes = memes.drop_duplicates("meme_id")
+    table = seed_table(results["unified"], memes, [SPEC], seed=0)
+    assert set(table["split"]) == set(results["unified"].splits) and set(table["seed"]) == {0}
+    summary = seed_summary(table, memes, [SPEC], n_boot=50, seed=0)
+    report = stage_report(results["unified"], [SPEC], summary, skipped={})
     lo, hi = report["ci95"]["test"]["metaphor/auroc"]
-    assert lo <= report["test"]["metaphor/auroc"] <= hi
+    # one seed: the seed mean is the run's own value, inside its (test-sample) interval
+    assert summary["test"]["metaphor/auroc"]["n_seeds"] == 1
+    assert lo <= summary["test"]["metaphor/auroc"]["mean"] == pytest.approx(report["test"]["metaphor/auroc"], abs=1e-6)
+    assert summary["test"]["metaphor/auroc"]["mean"] <= hi
     assert report["best_epoch"] >= 1 and report["regime"] == "unified"
     examples = examples_frame(results["unified"].splits["test"])
     assert len(examples) == 6 and {"explanation", "reference_explanation", "valid"} <= set(examples.columns)

@@ -1,4 +1,4 @@
-"""Ablation arms over seeds: the training half of stage ``ablate`` (statistics: :mod:`memeops.evaluation.ablation`).
+"""Ablation arms over seeds: the training half of stage ``ablate`` (statistics: :mod:`memeops.stats`).
 
 An **arm** is a model variant of ``train.variants`` with config / inputs / trainer overrides (MGMCF
 without object-level features, GatedCLIP without its gate, ...) or another variant altogether (the
@@ -28,8 +28,8 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from memeops.evaluation.ablation import ArmRun
 from memeops.models.base import TaskSpec
+from memeops.stats import ArmRun
 from memeops.training.experiment import TrainStageConfig, VariantConfig
 
 
@@ -217,14 +217,14 @@ class ArmWorker:
                    encoder, data.region_features, data.regions)  # fmt: skip
 
     def inputs_for(self, job: ArmJob, specs: list[TaskSpec]) -> Any:
-        from memeops.training.experiment import _family_inputs
+        from memeops.training.experiment import family_inputs
 
         vcfg = job.train.variant(job.variant)
         if vcfg.model != "mgmcf":
             return None
         key = json.dumps([vcfg.inputs, [s.name for s in specs]], sort_keys=True)
         if key not in self._inputs:  # region features of a view are read once per process
-            family = _family_inputs(vcfg, self.memes, self.store, specs, self.encoder, self.region_features,
+            family = family_inputs(vcfg, self.memes, self.store, specs, self.encoder, self.region_features,
                                     self.regions)  # fmt: skip
             self._inputs[key] = family.inputs if family is not None else None
         return self._inputs[key]

@@ -6,17 +6,14 @@ One call of :func:`run_variant` does, in order:
    overrides) with input widths taken from the feature cache, seeded;
 2. fits it on the TRAIN split, selecting on VAL only (early stopping + best-epoch weights);
 3. scores the selected model once on every evaluation split (val, then test and test_unseen:
-   the test splits are touched here and nowhere else), with seeded bootstrap 95% intervals of
-   each task's primary metric (AUROC for binary tasks, macro-F1 otherwise);
-4. writes ``reports/metrics/<variant>.json`` and the per-epoch curve CSV;
-5. when tracking is on: logs everything to one MLflow run (params, per-epoch metrics, system
-   metrics, data inputs, tags, plots, and each evaluation split's per-meme predictions as
-   ``predictions/<split>.parquet`` for promotion's paired test), packages the model as a pyfunc
-   that runs the encoders itself, and registers it as ``memeops-<variant>`` with alias
-   ``challenger`` (promotion to ``champion``: :mod:`memeops.tracking.promotion`).
+   the test splits are touched here and nowhere else).
 
-MGMCF and the VLM plug in by providing their own datasets / collate function; the selection,
-scoring, report and tracking logic here is shared.
+That is ONE seed. Stage ``train`` runs :func:`train_variant` once per seed of ``train.seeds`` and
+summarises them (mean +- std over seeds, intervals over seeds and test memes, the registered seed
+chosen on validation only): :mod:`memeops.training.variant_stage`.
+
+MGMCF plugs in by providing its own datasets (:func:`family_inputs`); the selection and scoring
+logic here is shared.
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ import hashlib
 import json
 import math
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,15 +35,7 @@ from torch import nn
 from memeops.config import SPLITS
 from memeops.data.features import FeatureDataset, FeatureStore
 from memeops.data.taxonomy import label_column, load_taxonomy
-from memeops.evaluation.metrics import (
-    Predictions,
-    all_metrics,
-    bootstrap_ci,
-    fast_binary_auroc,
-    fast_macro_f1,
-    labelled,
-    primary_metric,
-)
+from memeops.evaluation.metrics import Predictions, all_metrics, primary_metric
 from memeops.models.base import TaskSpec, count_trainable, task_specs
 from memeops.models.factory import build_model, model_config_class
 from memeops.tracking.runs import file_md5
@@ -81,7 +69,9 @@ class TrainStageConfig(BaseModel):
 
     experiment: str = "memeops"
     tasks: list[str]
-    seed: int = 0
+    seed: int = 0  # the bootstrap's seed, and the trainer's when no seed is given
+    # Every reported model is trained once per seed; intervals cover seed and test-sample variation.
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     trainer: dict[str, Any] = Field(default_factory=dict)
     variants: dict[str, VariantConfig]
     bootstrap_samples: int = Field(1000, ge=0)
@@ -108,30 +98,20 @@ class TrainStageConfig(BaseModel):
         tasks = self.variant(name).tasks
         return self._known_tasks(tasks) if tasks is not None else self.tasks
 
-    def trainer_config(self, name: str) -> TrainConfig:
-        """Shared trainer settings, the variant's overrides, and the stage seed (unless overridden)."""
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"train.seeds has repeated seeds: {seeds}")
+        return seeds
+
+    def trainer_config(self, name: str, seed: int | None = None) -> TrainConfig:
+        """Shared trainer settings, the variant's overrides, then the seed: ``seed`` when given,
+        else a variant's own ``trainer.seed``, else ``train.seed``."""
         merged = {"seed": self.seed, **self.trainer, **self.variant(name).trainer}
+        if seed is not None:
+            merged["seed"] = seed
         return TrainConfig.model_validate(merged)
-
-
-def primary_ci(predictions: Predictions, spec: TaskSpec, n_boot: int, seed: int) -> tuple[float, float]:
-    """Seeded percentile-bootstrap 95% interval of the task's primary metric on labelled rows.
-
-    Uses the numpy forms of AUROC / macro-F1 (equal to sklearn's, ~50x faster in this loop).
-    """
-    probs, y = labelled(predictions.probs[spec.name], predictions.targets[spec.name], spec)
-    if n_boot == 0 or len(y) == 0:
-        return math.nan, math.nan
-    if spec.is_binary:
-        return bootstrap_ci(lambda p, t: fast_binary_auroc(p[:, 1], t), probs, y, n_boot, seed)
-    if spec.kind == "multi":
-        from sklearn.metrics import f1_score
-
-        def multi_f1(p: np.ndarray, t: np.ndarray) -> float:
-            return float(f1_score(t.astype(int), (p >= 0.5).astype(int), average="macro", zero_division=0))
-
-        return bootstrap_ci(multi_f1, probs, y, n_boot, seed)
-    return bootstrap_ci(lambda p, t: fast_macro_f1(p.argmax(axis=1), t, spec.num_labels), probs, y, n_boot, seed)
 
 
 def trainable_specs(memes: pd.DataFrame, tasks: Sequence[str]) -> tuple[list[TaskSpec], list[str]]:
@@ -151,7 +131,6 @@ class VariantResult:
     fit: FitResult
     predictions: dict[str, Predictions]  # split -> predictions of the selected model
     metrics: dict[str, dict[str, float]]  # split -> {"task/metric": value}
-    intervals: dict[str, dict[str, list[float]]]  # split -> {"task/<primary>": [low, high]}
     n_params: int
     dropped_tasks: list[str] = field(default_factory=list)
     model_config: Any = None  # the validated model config the model was built from
@@ -168,8 +147,7 @@ class VariantResult:
             "train_samples_per_s": self.fit.train_samples_per_s,
             "trainable_params": self.n_params,
             "primary_metric": primary,
-            **{split: _rounded(m) for split, m in self.metrics.items()},
-            "ci95": self.intervals,
+            **{split: rounded_metrics(m) for split, m in self.metrics.items()},
             "dropped_tasks": self.dropped_tasks,
             **({"gate": self.gate_summary()} if self.gate_summary() else {}),
         }
@@ -185,7 +163,7 @@ class VariantResult:
         return out
 
 
-def _rounded(metrics: Mapping[str, float]) -> dict[str, float | None]:
+def rounded_metrics(metrics: Mapping[str, float]) -> dict[str, float | None]:
     return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 6))
             for k, v in metrics.items()}  # fmt: skip
 
@@ -260,6 +238,7 @@ def train_variant(
     run_dir: Path,
     callbacks: Sequence[object] = (),
     inputs: VariantInputs | None = None,
+    seed: int | None = None,
 ) -> VariantResult:
     """Fit one variant on TRAIN, select on VAL, then score every evaluation split once.
 
@@ -268,7 +247,7 @@ def train_variant(
     """
     spec_cfg = cfg.variant(variant)
     specs, dropped = variant_specs(variant, memes, cfg)
-    trainer_cfg = cfg.trainer_config(variant)
+    trainer_cfg = cfg.trainer_config(variant, seed)
     inputs = inputs if inputs is not None else FeatureInputs(memes, store, specs, feature_dim)
     model_cfg = variant_model_config(variant, cfg, inputs.model_dims())
     seed_everything(trainer_cfg.seed)
@@ -280,17 +259,12 @@ def train_variant(
         raise ValueError("no VAL memes: model selection needs a validation split")
     result = fit(model, train_set, eval_sets["val"], specs, trainer_cfg, run_dir, callbacks=callbacks)
 
-    predictions, metrics, intervals = {}, {}, {}
+    predictions, metrics = {}, {}
     for split, dataset in eval_sets.items():  # after selection; each split scored exactly once
         preds = predict(model, dataset, specs, batch_size=256, device=result.device)
         predictions[split] = preds
         metrics[split] = all_metrics(preds, specs)
-        if split in TEST_SPLITS:  # intervals are what the test report carries; val only selects
-            intervals[split] = {
-                f"{s.name}/{primary_metric(s)}": [round(v, 6) for v in primary_ci(preds, s, cfg.bootstrap_samples, cfg.seed)]
-                for s in specs
-            }  # fmt: skip
-    return VariantResult(variant, model, specs, result, predictions, metrics, intervals,
+    return VariantResult(variant, model, specs, result, predictions, metrics,
                          count_trainable(model), dropped, model_cfg)  # fmt: skip
 
 
@@ -314,19 +288,8 @@ def history_csv(history: Sequence[Mapping[str, float]], path: Path) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- the stage, tracked
-
-
-def _validation_passed(path: Path) -> str:
-    """``"true"`` / ``"false"`` from the validate stage's report, ``"unknown"`` without one."""
-    try:
-        return str(bool(json.loads(Path(path).read_text(encoding="utf-8"))["success"])).lower()
-    except (OSError, ValueError, KeyError):
-        return "unknown"
-
-
 @dataclass
-class _Family:
+class Family:
     """A non-default model family's training inputs and how to pack its serving encoder."""
 
     inputs: Any
@@ -334,10 +297,10 @@ class _Family:
     packer: Any  # (clip_dir) -> (dest -> section)
 
 
-def _family_inputs(
+def family_inputs(
     variant_cfg: VariantConfig, memes: pd.DataFrame, store: FeatureStore, specs: list[TaskSpec], encoder: Any,
     region_features: Any, regions: Any,
-) -> _Family | None:  # fmt: skip
+) -> Family | None:  # fmt: skip
     """MGMCF's inputs (text tokens, region features) and packer; None for feature-cache models."""
     if variant_cfg.model != "mgmcf":
         if variant_cfg.inputs:
@@ -366,91 +329,6 @@ def _family_inputs(
         return {"cfg": inputs_cfg.model_dump(mode="json"), "regions": file_md5(inputs.regions_path),
                 "text": inputs.text_encoder.spec_key}  # fmt: skip
 
-    return _Family(inputs, fingerprint, packer)
+    return Family(inputs, fingerprint, packer)
 
 
-def run_variant(
-    variant: str,
-    cfg: TrainStageConfig,
-    encoder_cfg: Any,
-    *,
-    memes_path: Path,
-    feature_dir: Path,
-    validation_report: Path,
-    reports_dir: Path = Path("reports"),
-    models_dir: Path = Path("models"),
-    work_dir: Path = Path(".cache/train"),
-    region_features: Any = None,
-    regions: Any = None,
-    stage: str | None = None,
-) -> dict[str, Any]:
-    """Train, score, report, track and (``cfg.register``) register one variant; returns the report.
-
-    ``region_features`` / ``regions`` (``RegionFeaturesConfig`` / ``RegionsConfig``) are needed by
-    MGMCF variants only: where the cached region features are, and the view and detector to pack.
-    ``stage`` is the DVC stage name the run is tagged with (default ``train@<variant>``).
-    """
-    from memeops.data.consolidate import read_memes
-    from memeops.models.clip import load_clip
-    from memeops.tracking import plots
-    from memeops.tracking.promotion import log_eval_predictions
-    from memeops.serving.pyfunc import log_pyfunc, save_model_dir
-    from memeops.tracking.registry import register_and_alias
-    from memeops.tracking.runs import MlflowCallback, log_dataset, log_metrics, tracked_run
-
-    memes = read_memes(memes_path)
-    digest = file_md5(memes_path)
-    encoder = load_clip(encoder_cfg)
-    store = FeatureStore(feature_dir, encoder.spec_key)
-    variant_cfg = cfg.variant(variant)
-    trainer_cfg = cfg.trainer_config(variant)
-    specs, _ = variant_specs(variant, memes, cfg)
-    family = _family_inputs(variant_cfg, memes, store, specs, encoder, region_features, regions)
-    fingerprint = {"data": digest, "features": encoder.spec_key, "variant": variant_cfg.model_dump(),
-                   "trainer": trainer_cfg.model_dump(), "tasks": cfg.tasks_for(variant),
-                   **({"inputs": family.fingerprint()} if family is not None else {})}  # fmt: skip
-    run_dir = run_dir_for(work_dir, variant, fingerprint)
-    clear_finished_run(run_dir, trainer_cfg.epochs)
-    params = {"variant": variant, "model": variant_cfg.model, "model_config": variant_cfg.config,
-              "trainer": trainer_cfg.model_dump(), "tasks": cfg.tasks_for(variant), "encoder": encoder_cfg.model_dump(),
-              "feature_spec": encoder.spec_key, **({"inputs": variant_cfg.inputs} if variant_cfg.inputs else {})}  # fmt: skip
-    tags = {"memeops.validation_passed": _validation_passed(validation_report), "memeops.feature_spec": encoder.spec_key}
-
-    with tracked_run(experiment=cfg.experiment, run_name=variant, stage=stage or f"train@{variant}", variant=variant,
-                     seed=trainer_cfg.seed, data_digest=digest, params=params, extra_tags=tags):  # fmt: skip
-        for split in ("train", "val", "test"):
-            log_dataset(memes[memes["split"] == split], name=f"memes-{split}", digest=digest, context=split)
-        result = train_variant(variant, memes, store, encoder.dim, cfg, run_dir, callbacks=[MlflowCallback()],
-                               inputs=family.inputs if family is not None else None)  # fmt: skip
-        report = result.report()
-
-        metrics_path = reports_dir / "metrics" / f"{variant}.json"
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        curve_csv = history_csv(result.fit.history, reports_dir / "plots" / "train" / f"{variant}.csv")
-        log_metrics(result.metrics)  # {split: {task/metric}} -> split/task/metric
-        log_metrics({"trainable_params": result.n_params})
-        for split, preds in result.predictions.items():  # per-meme predictions: promotion's paired test
-            log_eval_predictions(split, split_meme_ids(memes, split, preds), preds, result.specs)
-
-        import mlflow
-
-        mlflow.log_artifact(str(metrics_path), artifact_path="metrics")
-        mlflow.log_artifact(str(curve_csv), artifact_path="curves")
-        with tempfile.TemporaryDirectory(prefix="memeops-train-") as tmp:
-            if "test" in result.predictions:  # confusion matrices + ROC curves of the final model on test
-                for path in plots.evaluation_plots(result.predictions["test"], result.specs, Path(tmp) / "test"):
-                    mlflow.log_artifact(str(path), artifact_path="plots/test")
-            clip_dir = Path(tmp) / "clip"  # the encoder as the packer reads it: clip_config.json + files
-            clip_dir.mkdir()
-            (clip_dir / "clip_config.json").write_text(encoder_cfg.model_dump_json(), encoding="utf-8")
-            if (models_dir / variant).exists():  # a previous run's folder (DVC removes it on repro)
-                shutil.rmtree(models_dir / variant)
-            packer = family.packer(clip_dir) if family is not None else None
-            model_dir = save_model_dir(models_dir / variant, result.model.cpu(), variant_cfg.model, result.model_config,
-                                       result.specs, clip_dir, inputs_packer=packer)  # fmt: skip
-        if cfg.register_models:
-            info = log_pyfunc(model_dir, registered_model_name=f"memeops-{variant}")
-            version = register_and_alias(info, f"memeops-{variant}", alias="challenger")
-            report["registered"] = {"name": f"memeops-{variant}", "version": int(version), "alias": "challenger"}
-    return report

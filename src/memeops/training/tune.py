@@ -399,7 +399,7 @@ class TuneData:
 def load_data(job: TuneJob) -> TuneData:
     from memeops.data.consolidate import read_memes
     from memeops.data.features import FeatureStore
-    from memeops.training.experiment import FeatureInputs, _family_inputs, file_md5, variant_specs
+    from memeops.training.experiment import FeatureInputs, family_inputs, file_md5, variant_specs
 
     memes = read_memes(Path(job.memes_path))
     digest = file_md5(job.memes_path)
@@ -423,7 +423,7 @@ def load_data(job: TuneJob) -> TuneData:
         from memeops.vision.extract import RegionsConfig
 
         regions = RegionsConfig.model_validate(job.regions)
-    family = _family_inputs(job.train.variant(job.variant), memes, store, specs, encoder, region_features, regions)
+    family = family_inputs(job.train.variant(job.variant), memes, store, specs, encoder, region_features, regions)
     inputs = family.inputs if family is not None else FeatureInputs(memes, store, specs, dim)
     return TuneData(memes, store, specs, inputs, digest, spec_key)
 

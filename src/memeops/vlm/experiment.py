@@ -24,8 +24,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from memeops.evaluation.metrics import Predictions
+from memeops.evaluation.metrics import Predictions, primary_metric
 from memeops.models.base import TaskSpec
+from memeops.training.experiment import rounded_metrics
+from memeops.training.seed_runs import SELECTION_RULE, runs_from_table, select_seed, summarise_seeds
 from memeops.vlm.instructions import InstructionSample, instruction_samples, unsupported_tasks
 from memeops.vlm.scoring import vlm_report
 from memeops.vlm.train import VLMFit, VLMTrainConfig, fit_vlm, generate_answers, score_candidates
@@ -49,6 +51,9 @@ class VLMStageConfig(BaseModel):
     trainer: VLMTrainConfig = Field(default_factory=VLMTrainConfig)
     eval_splits: list[str] = Field(default_factory=lambda: list(EVAL_SPLITS))
     bootstrap_samples: int = 1000
+    # Training seeds (None: trainer.seed alone). The VLM is the costliest stage on CPU, so by default it
+    # trains one seed and its report says so; its interval then covers test-sample variation only.
+    seeds: list[int] | None = None
     register_model: bool = True
     model_dir: str = "models/vlm"
 
@@ -212,11 +217,36 @@ def _fit_summary(fit: VLMFit) -> dict[str, Any]:
             "fit_seconds": round(fit.seconds, 1), "train_tokens_per_s": round(fit.train_tokens_per_s)}  # fmt: skip
 
 
-def stage_report(result: RegimeResult, specs: Sequence[TaskSpec], n_boot: int, seed: int,
-                 skipped: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
-    """``reports/metrics/vlm.json``: per split metrics (rounded), primary-metric intervals, the fit."""
-    from memeops.training.experiment import _rounded, primary_ci, primary_metric
+def seed_table(result: RegimeResult, memes: pd.DataFrame, specs: Sequence[TaskSpec], seed: int) -> pd.DataFrame:
+    """One seed's per-meme predictions on every evaluation split in the layout of
+    :func:`memeops.training.seed_runs.predictions_table` (unscored memes: uniform, no target)."""
+    frames = []
+    for split, scored in result.splits.items():
+        ids = memes.loc[memes["split"] == split, "meme_id"].astype(str).tolist()
+        frame = prediction_frame(scored, ids, specs)
+        targets = [None if np.isnan(t) else json.dumps(int(t)) for t in frame["target"]]
+        frames.append(pd.DataFrame({"split": split, "group": "train", "arm": "vlm", "seed": seed,
+                                    "meme_id": frame["meme_id"], "task": frame["task"], "probs": frame["probs"],
+                                    "target": targets}))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
 
+
+def seed_summary(table: pd.DataFrame, memes: pd.DataFrame, specs: Sequence[TaskSpec], n_boot: int,
+                 seed: int) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """``{split: {metric: summary}}`` over the VLM's seeds (:func:`memeops.training.seed_runs.summarise_seeds`)."""
+    by_name = {s.name: s for s in specs}
+    out = {}
+    for split in dict.fromkeys(table["split"]):
+        ids = memes.loc[memes["split"] == split, "meme_id"].astype(str).tolist()
+        runs = runs_from_table(table, split, by_name, ids, group="train")
+        out[split] = {m: st.as_json() for m, st in summarise_seeds(runs, specs, n_boot=n_boot, seed=seed).items()}
+    return out
+
+
+def stage_report(result: RegimeResult, specs: Sequence[TaskSpec], summary: Mapping[str, Mapping[str, Any]],
+                 skipped: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+    """``reports/metrics/vlm.json``: per split metrics of the selected seed (rounded), the seed
+    summary with its intervals (over seeds and test memes), the fit."""
     out: dict[str, Any] = {
         "variant": "vlm",
         "regime": result.regime,
@@ -224,16 +254,11 @@ def stage_report(result: RegimeResult, specs: Sequence[TaskSpec], n_boot: int, s
         "models": {k: _fit_summary(f) for k, f in result.fits.items()},
         "primary_metric": {s.name: primary_metric(s) for s in specs},
         "skipped_tasks": dict(skipped),
-        "ci95": {},
+        "seed_summary": dict(summary),
+        "ci95": {split: {m: v["ci95"] for m, v in block.items()} for split, block in summary.items() if split != "val"},
     }
     for name, scored in result.splits.items():
-        out[name] = _rounded(scored.report(specs))
-        preds = predictions_of(scored.samples, scored.probs)
-        out["ci95"][name] = {
-            f"{s.name}/{primary_metric(s)}": [round(v, 6) for v in primary_ci(preds, s, n_boot, seed)]
-            for s in specs if s.name in preds.targets and name != "val"
-        }  # fmt: skip
-    out["ci95"] = {k: v for k, v in out["ci95"].items() if v}
+        out[name] = rounded_metrics(scored.report(specs))
     if result.regime == UNIFIED:
         fit = result.fits[UNIFIED]
         out["best_epoch"], out["val_best"] = fit.best_epoch, out["models"][UNIFIED]["val_best"]
@@ -283,7 +308,8 @@ def write_json(path: Path, payload: Any) -> Path:
 
 
 def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *, memes_path: Path, feature_dir: Path,
-                  validation_report: Path, reports_dir: Path = Path("reports"), stage: str = "train_vlm") -> dict[str, Any]:  # fmt: skip
+                  validation_report: Path, reports_dir: Path = Path("reports"), stage: str = "train_vlm",
+                  predictions_path: Path = Path("data/train/vlm.parquet")) -> dict[str, Any]:  # fmt: skip
     """Stage ``train_vlm``: samples -> regime fit(s) -> scored splits -> reports, MLflow run, registry.
 
     Writes ``reports/metrics/vlm.json``, ``reports/plots/train/vlm.csv`` (answer loss per epoch),
@@ -302,7 +328,8 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
     from memeops.serving.pyfunc import log_pyfunc
     from memeops.tracking.registry import register_and_alias
     from memeops.tracking.runs import log_dataset, log_metrics, tracked_run
-    from memeops.training.experiment import _validation_passed, file_md5
+    from memeops.tracking.runs import file_md5
+    from memeops.training.variant_stage import validation_passed
     from memeops.serving.vlm import save_vlm_dir
 
     memes = read_memes(memes_path)
@@ -314,7 +341,7 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
     specs = task_specs(load_taxonomy(), [t for t in tasks if t not in skipped and any(s.task == t for s in samples)])
     params = {"variant": "vlm", "regime": cfg.regime, "with_text": cfg.with_text, "tasks": list(tasks),
               "trainer": cfg.trainer.model_dump(), "encoder": encoder_cfg.model_dump(), "feature_spec": encoder.spec_key}  # fmt: skip
-    tags = {"memeops.validation_passed": _validation_passed(validation_report), "memeops.feature_spec": encoder.spec_key,
+    tags = {"memeops.validation_passed": validation_passed(validation_report), "memeops.feature_spec": encoder.spec_key,
             "memeops.vlm.regime": cfg.regime, "memeops.vlm.skipped_tasks": json.dumps(skipped)}  # fmt: skip
     history: list[dict[str, Any]] = []
 
@@ -328,8 +355,23 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
                      data_digest=digest, params=params, extra_tags=tags):  # fmt: skip
         for split in ("train", "val", "test"):
             log_dataset(memes[memes["split"] == split], name=f"memes-{split}", digest=digest, context=split)
-        result = train_regime(samples, images, cfg.trainer, cfg.regime, cfg.eval_splits, on_epoch)
-        report = stage_report(result, specs, cfg.bootstrap_samples, cfg.trainer.seed, skipped)
+        seeds = cfg.seeds or [cfg.trainer.seed]
+        results = {}
+        for seed in seeds:  # the curve logged is every seed's, one after the other (history has the model key)
+            trainer = cfg.trainer.model_copy(update={"seed": seed})
+            results[seed] = train_regime(samples, images, trainer, cfg.regime, cfg.eval_splits, on_epoch)
+        val_loss = {seed: sum(min(h["val_loss"] for h in f.history) for f in r.fits.values()) for seed, r in results.items()}
+        chosen = select_seed(val_loss, mode="min")
+        result = results[chosen]
+        table = pd.concat([seed_table(r, memes, specs, seed) for seed, r in results.items()], ignore_index=True)
+        predictions_path.parent.mkdir(parents=True, exist_ok=True)
+        table[table["split"].str.startswith("test")].to_parquet(predictions_path, index=False)
+        summary = seed_summary(table, memes, specs, cfg.bootstrap_samples, cfg.trainer.seed)
+        report = stage_report(result, specs, summary, skipped)
+        report["seeds"] = seeds
+        report["selection"] = {"rule": SELECTION_RULE, "monitor": "val/answer_loss", "selected_seed": chosen,
+                               "val": {str(k): v for k, v in val_loss.items()}}  # fmt: skip
+        mlflow.set_tags({"memeops.selection_rule": SELECTION_RULE, "memeops.selected_seed": str(chosen)})
         report["train_samples"] = sum(1 for s in samples if s.split == "train")
         report["seconds"] = round(result.seconds, 1)
         metrics_path = write_json(reports_dir / "metrics" / "vlm.json", report)
