@@ -6,8 +6,9 @@ without object-level features, with concatenation instead of CAP, ...; GatedCLIP
 projection or alignment term; the baselines) is trained once per seed under its group's protocol,
 selected on VAL and scored once on TEST (:mod:`memeops.training.ablate`); the statistics, mechanism
 checks, GatedCLIP gate diagnostics and MGMCF robustness curve come from :mod:`memeops.stats` and
-:mod:`memeops.evaluation.ablation`, the report files from :mod:`memeops.reporting.ablation`. Tuned params (``reports/tuning/<variant>.json``) apply to the arms
-built from a tuned variant, as they do in stage ``train``.
+:mod:`memeops.evaluation.ablation`, the report files from :mod:`memeops.reporting.ablation`. Tuned
+params (``reports/tuning/<variant>.json``) apply to the arms built from a tuned variant, as they do in
+stage ``train``.
 
 Writes ``reports/ablations.csv`` / ``.md`` (what the report page shows), ``reports/ablate/runs.csv``
 (one row per run: best epoch, seconds, val scores), ``reports/metrics/ablate.json`` (dvc metrics),
@@ -35,7 +36,7 @@ from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
 from memeops.stats import ArmRun
 from memeops.training.ablate import AblateConfig, AblationData, ArmJob, build_jobs, ordered_runs, run_jobs
 from memeops.training.experiment import TrainStageConfig
-from memeops.training.tune import apply_tuned
+from memeops.training.tuned import with_tuned
 from memeops.vision.extract import RegionsConfig
 from stages import run_stage
 
@@ -45,18 +46,6 @@ PLOTS = REPORTS / "plots" / "ablate"
 RUNS_CSV = REPORTS / "ablate" / "runs.csv"
 METRICS_OUT = REPORTS / "metrics" / "ablate.json"
 PREDICTIONS = Path("data/ablate/predictions.parquet")
-TUNING = REPORTS / "tuning"
-
-
-def tuned_train_config(train: TrainStageConfig, variants: set[str]) -> TrainStageConfig:
-    """``train`` with stage tune's best params merged into every variant an arm is built from."""
-    for variant in sorted(variants):
-        path = TUNING / f"{variant}.json"
-        if path.is_file():
-            train = apply_tuned(train, variant, json.loads(path.read_text(encoding="utf-8")))
-    return train
-
-
 def _fresh(*dirs: Path) -> None:
     for d in dirs:  # DVC removes declared outs before a run; a manual run must not mix old files in
         shutil.rmtree(d, ignore_errors=True)
@@ -69,7 +58,7 @@ def main() -> int:
     cfg = params.section("ablate", AblateConfig)
     train = params.section("train", TrainStageConfig)
     used = {arm.variant or group.base for group in cfg.groups.values() for arm in group.arms.values()}
-    train = tuned_train_config(train, used)
+    train = with_tuned(train, used)  # stage tune's best params, for every variant an arm is built from
     jobs = build_jobs(cfg, train)
     data = AblationData(
         memes_path=Path(params.data.output_dir) / "memes.parquet",

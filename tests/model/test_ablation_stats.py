@@ -624,7 +624,8 @@ def test_writer_draws_the_diagnostics_figures(tmp_path: Path, summary: pd.DataFr
     written = write_ablation_reports(
         summary, [], tmp_path / "reports", gate=gate, robustness=rob, figures_dir=figs
     )
-    expected = {figs / n for n in ("gatedclip_gate_by_class.png", "gatedclip_gate_examples.png", "mgmcf_robustness.png")}
+    names = ("gatedclip_gate_by_class.png", "gatedclip_gate_examples.png", "mgmcf_robustness.png")
+    expected = {figs / n for n in names}
     assert expected <= set(written)
     md = (tmp_path / "reports" / "ablations.md").read_text(encoding="utf-8")
     assert (

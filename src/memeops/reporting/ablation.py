@@ -131,14 +131,15 @@ def _settings_line(summary: pd.DataFrame) -> str:
         "test memes and seeds (each resample draws the memes and each arm's seeds with replacement: "
         "test-set sampling and seed variability together)"
         if attrs.get("resample_seeds", True)
-        else "test memes (the same memes for every seed and arm: test-set sampling variability with seeds averaged)"
+        else "test memes (the same memes for every seed and arm: test-set sampling variability, "
+        "seeds averaged)"
     )
     return (
         f"Test split; each arm is the mean over its seeds ({', '.join(map(str, seeds)) or '–'} per arm) "
-        f"± the standard deviation over seeds; intervals are {conf:.0%} percentile bootstraps over {source}, "
-        f"{attrs.get('n_boot', '?')} resamples, seed {attrs.get('seed', '?')}. Δ is the paired "
-        f"difference to the group's reference arm on the same resamples, with a two-sided bootstrap p and its "
-        f"Holm adjustment over the group's arms; **bold** = Holm p < {1 - conf:g}."
+        f"± the standard deviation over seeds; intervals are {conf:.0%} percentile bootstraps over "
+        f"{source}, {attrs.get('n_boot', '?')} resamples, seed {attrs.get('seed', '?')}. Δ is the "
+        "paired difference to the group's reference arm on the same resamples, with a two-sided "
+        f"bootstrap p and its Holm adjustment over the group's arms; **bold** = Holm p < {1 - conf:g}."
     )
 
 

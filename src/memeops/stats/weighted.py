@@ -143,7 +143,11 @@ def weighted_statistics(
 
 
 def _confusion_statistics(
-    task: WeightedTask, weights: np.ndarray, n: np.ndarray, names: Sequence[str], values: dict[str, np.ndarray]
+    task: WeightedTask,
+    weights: np.ndarray,
+    n: np.ndarray,
+    names: Sequence[str],
+    values: dict[str, np.ndarray],
 ) -> None:
     """The count-based statistics ``names`` into ``values`` (one matmul for all of them)."""
     conf = (task.indicators.T @ weights).T.astype(np.float64)  # [B, 3L (+1)] weighted counts
@@ -193,6 +197,7 @@ def weighted_ece(
     onehot[np.arange(len(confidence)), idx] = 1.0
     w = weights.T.astype(np.float64)  # [B, m]
     count = w @ onehot
-    gap = np.abs(w @ (onehot * np.asarray(correct, dtype=np.float64)[:, None]) - w @ (onehot * confidence[:, None]))
+    right = onehot * np.asarray(correct, dtype=np.float64)[:, None]
+    gap = np.abs(w @ right - w @ (onehot * confidence[:, None]))  # |sum right - sum confidence| per bin
     total = count.sum(axis=1)
     return np.divide(gap.sum(axis=1), total, out=np.full(len(total), np.nan), where=total > 0)
