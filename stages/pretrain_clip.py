@@ -2,6 +2,7 @@
 
 Writes models/clip/{clip.safetensors, tokenizer.json, clip_config.json},
 reports/metrics/pretrain_clip.json (val recall@1/@5 both ways) and reports/plots/pretrain_clip_loss.csv.
+Timings go to MLflow only: the metrics file is a DVC out and must repeat byte for byte.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from memeops.config import load_params
 from memeops.data.consolidate import read_memes
 from memeops.models.clip import ClipEncoderConfig
 from memeops.tracking.runs import log_metrics, tracked_run
-from memeops.training.clip_pretrain import PretrainConfig, pretrain_clip
+from memeops.training.clip_pretrain import TIMING_KEYS, PretrainConfig, pretrain_clip
 from memeops.training.experiment import TrainStageConfig, file_md5
 from stages import run_stage
 
@@ -42,7 +43,7 @@ def main() -> int:
     metrics_dir, plots_dir = Path("reports/metrics"), Path("reports/plots")
     metrics_dir.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    scalars = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+    scalars = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k not in TIMING_KEYS}
     (metrics_dir / "pretrain_clip.json").write_text(json.dumps(scalars, indent=2, sort_keys=True) + "\n")
     lines = ["epoch,train_loss"] + [f"{i + 1},{loss:.6f}" for i, loss in enumerate(history["train_loss"])]
     (plots_dir / "pretrain_clip_loss.csv").write_text("\n".join(lines) + "\n")

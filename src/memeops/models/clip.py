@@ -440,13 +440,22 @@ class ClipEncoder:
 PIPELINE_CLIP_CONFIG = Path("models/clip/clip_config.json")  # written by stage pretrain_clip
 
 
+def load_encoder_config(path: str | Path) -> ClipEncoderConfig:
+    """A ``clip_config.json`` whose relative ``weights`` / ``tokenizer_path`` name files in its own
+    folder (as pretrain_clip writes them), with those paths joined to the folder; absolute ones kept."""
+    path = Path(path)
+    cfg = ClipEncoderConfig.model_validate_json(path.read_text(encoding="utf-8"))
+    files = {k: str(path.parent / v) for k in ("weights", "tokenizer_path") if (v := getattr(cfg, k))}
+    return cfg.model_copy(update=files)
+
+
 def resolve_encoder_config(cfg: ClipEncoderConfig, pipeline_config: Path = PIPELINE_CLIP_CONFIG) -> ClipEncoderConfig:
     """The user's encoder when ``cfg`` names weights or a pretrained tag, else the in-pipeline one."""
     if cfg.weights or cfg.pretrained:
         return cfg
     if not Path(pipeline_config).is_file():
         raise FileNotFoundError(f"{pipeline_config}: no encoder (run stage pretrain_clip or set encoders.clip.weights)")
-    return ClipEncoderConfig.model_validate_json(Path(pipeline_config).read_text(encoding="utf-8"))
+    return load_encoder_config(pipeline_config)
 
 
 def load_clip(

@@ -32,8 +32,15 @@ alt-text and with a ViT or a ResNet tower, a linear probe read the small key obj
 image embeddings at 0.35-0.37 balanced accuracy (chance 0.25), although retrieval recall rose;
 the image tower matched memes by their large props. The head is discarded after training.
 
-Determinism: fixed seeds, a seeded DataLoader generator and CPU kernels make two runs with the
-same inputs produce identical weights.
+Determinism (docs/reproducibility.md): two runs with the same inputs and params on one machine
+write byte-identical files, wherever their output folder is. Every generator is seeded
+(:func:`memeops.training.seeding.seed_everything`, the DataLoader's generator and its workers, the
+pair draw, the caption masks), torch runs deterministic algorithms, the intra-op thread count is
+fixed by ``threads`` (float reductions are split by thread count, so a count taken from the
+machine's cores would make the weights depend on the machine), the tokenizer's BPE training is
+deterministic (ties broken by pair ids), and the files hold no time and no path: the config names
+its weights and tokenizer relative to its own folder. Timings are returned under
+:data:`TIMING_KEYS` so that callers can keep them out of outputs that must repeat.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -67,8 +74,11 @@ from memeops.models.clip import (
     torch_threads,
 )
 from memeops.models.text_tokenizer import CorpusTokenizer
+from memeops.training.seeding import seed_everything, seed_worker
 
 WEIGHTS_FILE, TOKENIZER_FILE, CONFIG_FILE = "clip.safetensors", "tokenizer.json", "clip_config.json"
+TIMING_KEYS = ("seconds", "train_seconds", "images_per_s")
+"""Keys of :func:`pretrain_clip`'s result that measure time: they differ on every run."""
 
 
 class PretrainConfig(BaseModel):
@@ -98,13 +108,15 @@ class PretrainConfig(BaseModel):
     # no worker start-up and leaves the spare core to whatever else runs.
     num_workers: int = 0
     eval_batch_size: int = 256
-    # torch intra-op threads while training (restored afterwards); 0 keeps torch's default. On the
+    # torch intra-op threads while training (restored afterwards). Always an explicit count (>= 1):
+    # the weights depend on it (reductions are split per thread), not on the machine's load. On the
     # shared 2-core machine, OpenMP barriers stall whenever another process holds a core: a training
     # step took 6.6 s with 2 threads and 1.65 s with 1 (measured), so 1 is the safe default.
-    threads: int = 1
-    # "bf16" autocasts matmuls to bfloat16: 1.5x faster here (a CPU with AMX), but emulated and
-    # slower on CPUs without bf16 units; "auto" picks bf16 only where /proc/cpuinfo lists amx_bf16.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    threads: int = Field(default=1, ge=1)
+    # "bf16" autocasts matmuls to bfloat16: 1.5x faster on a CPU with AMX, but emulated and slower on
+    # CPUs without bf16 units; "auto" picks bf16 only where /proc/cpuinfo lists amx_bf16, so the
+    # encoder (and every number after it) would depend on the CPU model: fp32 is the default.
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
 
 
 # --- pair texts ------------------------------------------------------------------------------------
@@ -200,7 +212,7 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int
     gen = torch.Generator().manual_seed(seed)
     drop = shuffle and len(ds) > batch_size  # a tiny last batch makes a noisy contrastive step
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop, num_workers=workers,
-                      generator=gen, persistent_workers=workers > 0)  # fmt: skip
+                      generator=gen, worker_init_fn=seed_worker, persistent_workers=workers > 0)  # fmt: skip
 
 
 def resolve_precision(precision: str) -> str:
@@ -397,14 +409,13 @@ def retrieval_recall(
 # --- the stage ---------------------------------------------------------------------------------------
 
 
-def _output_config(
-    enc_cfg: ClipEncoderConfig, out_dir: Path, vocab_size: int, seed: int
-) -> ClipEncoderConfig:
+def _output_config(enc_cfg: ClipEncoderConfig, vocab_size: int, seed: int) -> ClipEncoderConfig:
+    """The written config: file names relative to its folder (see ``load_encoder_config``), so the
+    folder's bytes do not depend on where it was written and it can be moved as a whole."""
     if enc_cfg.pretrained or enc_cfg.tokenizer != "corpus":
         raise ValueError("pretrain_clip trains from scratch: unset pretrained and use tokenizer='corpus'")
     data = enc_cfg.model_dump()
-    data.update(weights=str(out_dir / WEIGHTS_FILE), tokenizer_path=str(out_dir / TOKENIZER_FILE),
-                vocab_size=vocab_size, init_seed=seed)  # fmt: skip
+    data.update(weights=WEIGHTS_FILE, tokenizer_path=TOKENIZER_FILE, vocab_size=vocab_size, init_seed=seed)
     return ClipEncoderConfig.model_validate(data)
 
 
@@ -422,11 +433,11 @@ def pretrain_clip(
     """Train tokenizer + CLIP on the TRAIN split, report val recall, write the three files.
 
     Returns ``val_{i2t,t2i}_r{1,5}``, ``val_pairs``, ``chance_r1``, ``history`` (``train_loss``
-    per epoch), ``images_per_s`` (training throughput), timings and sizes.
+    per epoch), ``images_per_s`` (training throughput), timings (:data:`TIMING_KEYS`) and sizes.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)  # the global generators drive the random crops and flips
     train = memes[memes["split"] == "train"].reset_index(drop=True)
     val = memes[memes["split"] == "val"].reset_index(drop=True)
     if train.empty:
@@ -435,7 +446,7 @@ def pretrain_clip(
 
     candidates = pair_candidates(train, cfg.text_source)
     tokenizer = CorpusTokenizer.train(train_texts, cfg.vocab_size, enc_cfg.context_length)
-    out_cfg = _output_config(enc_cfg, out_dir, tokenizer.vocab_size, cfg.seed)  # init from cfg.seed
+    out_cfg = _output_config(enc_cfg, tokenizer.vocab_size, cfg.seed)  # init from cfg.seed
     model = build_clip_model(out_cfg, tokenizer.vocab_size).train()
 
     loader = _loader(ImageFiles(image_paths(train), train_transform(out_cfg.image_size, cfg.crop_scale)),

@@ -38,6 +38,18 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed Python's and NumPy's generators in a worker process.
+
+    torch seeds each worker's torch generator (and Python's ``random``) from the loader's generator,
+    but not NumPy's, which a fork copies unchanged into every worker: a transform drawing from it
+    would then repeat the same numbers in all workers and depend on what ran before the fork.
+    """
+    seed = torch.initial_seed() % 2**32  # base_seed + worker_id, drawn from the loader's generator
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 def make_generator(seed: int) -> torch.Generator:
     """A CPU generator for DataLoader shuffling; its state is checkpointed with the run."""
     gen = torch.Generator()
