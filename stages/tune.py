@@ -22,7 +22,7 @@ from memeops.config import Params, load_params
 from stages import run_stage
 
 if TYPE_CHECKING:
-    from memeops.training.tune import TuneJob
+    from memeops.training.tune_study import TuneJob
 
 # Variants tuned by a stage of their own in dvc.yaml (not the tune@<variant> matrix).
 DVC_STAGES = {"mgmcf": "tune_mgmcf"}
@@ -36,7 +36,8 @@ def job_from_params(variant: str, params: Params, *, storage: str | None = None)
     from memeops.data.mgmcf_inputs import RegionFeaturesConfig
     from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
     from memeops.training.experiment import TrainStageConfig
-    from memeops.training.tune import TuneConfig, TuneJob
+    from memeops.training.tune_config import TuneConfig
+    from memeops.training.tune_study import TuneJob
     from memeops.vision.extract import RegionsConfig
 
     train = params.section("train", TrainStageConfig)
@@ -81,18 +82,21 @@ def main() -> int:
         (PLOTS_DIR / f"{args.variant}.csv").write_text("trial,state,value,best_value,epochs\n", encoding="utf-8")
         print(f"tune {args.variant}: not in tune.variants; no overrides")
         return 0
-    from memeops.training.tune import load_data, run_trials, tune_variant
+    from memeops.training.tune import tune_variant
+    from memeops.training.tune_study import load_data
+    from memeops.training.tune_trials import run_trials
 
     job = job_from_params(args.variant, params, storage=args.storage)
     if args.worker:
-        from memeops.training.tune import _lineage, resolve_storage
+        from memeops.training.tune_study import resolve_storage
+        from memeops.training.tune_trials import trial_lineage
 
         if not args.study_name or args.n_trials is None:
             raise ValueError("--worker needs --study-name and --n-trials")
         job = job.with_(study_name=args.study_name, parent_run_id=args.parent_run_id,
                         storage=resolve_storage(args.storage or job.tune.storage, args.variant))  # fmt: skip
         data = load_data(job)
-        study = run_trials(job, data, args.n_trials, _lineage(job, data), worker=args.worker_index)
+        study = run_trials(job, data, args.n_trials, trial_lineage(job, data), worker=args.worker_index)
         print(f"tune {args.variant} worker: {args.n_trials} trials; study {job.study_name} has {len(study.trials)}")
         return 0
     report = tune_variant(job, output=OUTPUT_DIR / f"{args.variant}.json", plot_csv=PLOTS_DIR / f"{args.variant}.csv")

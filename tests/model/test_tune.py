@@ -15,25 +15,11 @@ import pytest
 
 from memeops.config import ConfigError, Params
 from memeops.training.experiment import TrainStageConfig, variant_model_config
-from memeops.training.tune import (
-    TAG_DEFAULTS,
-    TAG_STATE,
-    TAG_STUDY,
-    TAG_TRIAL,
-    TuneConfig,
-    TuneJob,
-    apply_tuned,
-    default_params,
-    fit_trial,
-    params_to_overrides,
-    parse_space,
-    prepare,
-    resolve_storage,
-    run_parallel,
-    split_trials,
-    trial_trainer_overrides,
-    tune_variant,
-)
+from memeops.training.tune import run_parallel, split_trials, tune_variant
+from memeops.training.tune_config import TuneConfig, check_space, default_params, parse_space, trial_trainer_overrides
+from memeops.training.tune_study import TuneJob, prepare, resolve_storage
+from memeops.training.tune_trials import TAG_DEFAULTS, TAG_STATE, TAG_STUDY, TAG_TRIAL, fit_trial
+from memeops.training.tuned import apply_tuned, params_to_overrides, with_tuned
 
 DIM = 8
 VARIANTS = {"text_only": {"model": "text_only", "config": {"hidden": 8}},
@@ -96,8 +82,6 @@ def test_bad_space_is_a_one_line_error(spec: dict, message: str) -> None:
 
 
 def test_unknown_model_config_field_is_caught_before_training(tmp_path: Path) -> None:
-    from memeops.training.tune import check_space
-
     with pytest.raises(ValueError, match="config.cls_dropout not in the text_only config"):
         check_space(parse_space({"config.cls_dropout": {"type": "float", "low": 0, "high": 0.5}}), "text_only", _train_cfg())
 
@@ -125,6 +109,19 @@ def test_apply_tuned_merges_into_one_variant_and_is_pure() -> None:
     merged = apply_tuned(cfg, "text_only", {"config": {"dropoutt": 0.1}})  # a typo fails when the model is built
     with pytest.raises(ValueError, match="dropoutt"):
         variant_model_config("text_only", merged, {"image_dim": DIM, "text_dim": DIM})
+
+
+def test_with_tuned_reads_each_variants_file_through_the_one_merge(tmp_path: Path) -> None:
+    cfg = _train_cfg()
+    report = {"variant": "gatedclip", "tuned": True, "overrides": {"trainer": {"lr": 0.02}, "config": {"cls_dropout": 0.1}}}
+    (tmp_path / "gatedclip.json").write_text(json.dumps(report), encoding="utf-8")
+    (tmp_path / "text_only.json").write_text(json.dumps({"variant": "text_only", "tuned": False, "overrides": {}}))
+    out = with_tuned(cfg, ["text_only", "gatedclip"], tmp_path)
+    assert out == apply_tuned(cfg, "gatedclip", report) and out.trainer_config("gatedclip").lr == 0.02
+    assert out.variant("text_only") == cfg.variant("text_only")
+    assert with_tuned(cfg, ["gatedclip"], tmp_path / "none") is cfg  # no tuning files: params unchanged
+    with pytest.raises(ValueError, match="unknown variant"):
+        with_tuned(cfg, ["nope"], tmp_path)
 
 
 def test_defaults_caps_and_overrides() -> None:
