@@ -29,7 +29,7 @@ from memeops.evaluation.evaluate import (
     headline_metrics,
     primary_metric,
 )
-from memeops.evaluation.metrics import Predictions, bootstrap_ci, fast_binary_auroc, task_metrics
+from memeops.evaluation.metrics import Predictions, fast_binary_auroc, task_metrics
 from memeops.models.base import IGNORE_INDEX, TaskSpec
 from memeops.reporting.evaluation import markdown_report, plot_reliability
 from memeops.tracking.promotion import log_eval_predictions
@@ -129,7 +129,20 @@ def test_fast_metrics_equal_sklearn(spec: TaskSpec) -> None:
             ), key
 
 
-def test_bootstrap_intervals_equal_the_training_bootstrap() -> None:
+def naive_percentile_bootstrap(metric, probs: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> list[float]:
+    """The textbook loop (one resample of n rows with replacement at a time, NaN resamples skipped):
+    the reference the vectorised core must equal."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), size=len(y))
+        values.append(metric(probs[idx], y[idx]))
+    values = np.asarray(values)
+    values = values[~np.isnan(values)]
+    return list(np.percentile(values, [2.5, 97.5]))
+
+
+def test_bootstrap_intervals_equal_the_naive_loop() -> None:
     rng = np.random.default_rng(2)
     y = rng.integers(0, 2, 150)
     probs = _softmax(np.eye(2)[y] + rng.normal(size=(150, 2)))
@@ -143,9 +156,9 @@ def test_bootstrap_intervals_equal_the_training_bootstrap() -> None:
         "auroc",
         "ece",
     }
-    expected = bootstrap_ci(lambda p, t: fast_binary_auroc(p[:, 1], t), probs, y, 300, 5)
+    expected = naive_percentile_bootstrap(lambda p, t: fast_binary_auroc(p[:, 1], t), probs, y, 300, 5)
     assert cis["auroc"] == pytest.approx(list(expected), abs=1e-6)
-    ece_expected = bootstrap_ci(expected_calibration_error, probs, y, 300, 5)
+    ece_expected = naive_percentile_bootstrap(expected_calibration_error, probs, y, 300, 5)
     assert cis["ece"] == pytest.approx(list(ece_expected), abs=1e-6)
     low, high = cis["accuracy"]
     assert low <= task_metrics(probs, y, HATEFUL)["accuracy"] <= high
@@ -387,3 +400,41 @@ def test_stage_writes_reports_and_logs_a_run(monkeypatch: pytest.MonkeyPatch, tm
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/evaluation.json", "evaluation/evaluation.md", "evaluation/evaluate.json",
             "evaluation/figures"} <= artifacts  # fmt: skip
+
+
+def test_a_version_trained_over_seeds_is_also_summarised_over_its_seeds() -> None:
+    """The registered version is one seed's nested run; evaluate finds its sibling seed runs under
+    the same parent and reports mean, std over seeds and the seeds-and-memes interval."""
+    variant = _variant()
+    name = registered_model_name(variant)
+    with tracked_run(experiment="test-evaluate", run_name=variant, stage=f"train@{variant}", variant=variant, seed=None,
+                     data_digest="digest-now", params={"v": variant}, system_metrics=False):  # fmt: skip
+        run_ids = {}
+        for seed, skill in ((0, 1.0), (1, 2.0), (2, 3.0)):
+            with tracked_run(experiment="test-evaluate", run_name=f"{variant}-seed{seed}", stage=f"train@{variant}",
+                             variant=variant, seed=seed, data_digest="digest-now", params={"v": variant},
+                             system_metrics=False, nested=True) as run:  # fmt: skip
+                log_eval_predictions("test", IDS, _predictions(IDS, skill, seed=seed), [HATEFUL, SENTIMENT])
+                mlflow.log_text("stand-in model", "model/model.txt")
+                run_ids[seed] = run.info.run_id
+    client = mlflow.MlflowClient()
+    client.set_tag(run_ids[1], "memeops.selection_rule", "median-val")
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source=f"runs:/{run_ids[1]}/model", run_id=run_ids[1]).version
+    client.set_registered_model_alias(name, "challenger", str(version))
+
+    report, _ = evaluate_variants([variant], _memes(), CFG.model_copy(update={"splits": ["test"]}), data_digest="digest-now")
+    entry = report["variants"][variant]["versions"]["challenger"]
+    assert entry["selection_rule"] == "median-val"
+    seeds = entry["seeds"]["test"]
+    assert seeds["status"] == "ok" and seeds["seeds"] == [0, 1, 2]
+    auroc = seeds["metrics"]["hateful/auroc"]
+    per_seed = [task_metrics(_predictions(IDS, k, seed=s).probs["hateful"], _predictions(IDS, k, seed=s).targets["hateful"],
+                             HATEFUL)["auroc"] for s, k in ((0, 1.0), (1, 2.0), (2, 3.0))]  # fmt: skip
+    assert auroc["per_seed"] == pytest.approx(per_seed, abs=1e-6) and auroc["n_seeds"] == 3
+    assert auroc["mean"] == pytest.approx(np.mean(per_seed), abs=1e-6)
+    assert auroc["ci95"][0] <= auroc["mean"] <= auroc["ci95"][1]
+    # the registered seed's own numbers stay what its run logged
+    assert entry["splits"]["test"]["overall"]["hateful"]["auroc"] == pytest.approx(per_seed[1], abs=1e-6)
+    md = markdown_report(report)
+    assert "(3 seeds)" in md

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from memeops.evaluation import Predictions, all_metrics, bootstrap_ci, labelled, task_metrics
+from memeops.evaluation import Predictions, all_metrics, labelled, task_metrics
+from memeops.stats import task_intervals
 from memeops.models.base import IGNORE_INDEX, MISSING_MULTI, TaskSpec
 
 BINARY = TaskSpec("hateful", "single", ("no", "yes"))
@@ -115,27 +116,24 @@ def test_mean_macro_f1_ignores_tasks_without_labels() -> None:
     assert out["mean/macro_f1"] == pytest.approx(out["hateful/macro_f1"])
 
 
-def accuracy(p: np.ndarray, t: np.ndarray) -> float:
-    return float((p.argmax(1) == t).mean())
-
-
-def test_bootstrap_ci_brackets_the_estimate_and_is_seeded() -> None:
+def test_bootstrap_interval_brackets_the_estimate_and_is_seeded() -> None:
     rng = np.random.default_rng(0)
     targets = rng.integers(0, 2, 200)
     pred = np.where(rng.random(200) < 0.8, targets, 1 - targets)
     probs = one_hot_probs(list(pred), 2)
-    low, high = bootstrap_ci(accuracy, probs, targets, n_boot=300, seed=1)
-    point = accuracy(probs, targets)
+    low, high = task_intervals(BINARY, probs, targets, n_boot=300, seed=1, metrics=["accuracy"])["accuracy"]
+    point = task_metrics(probs, targets, BINARY)["accuracy"]
     assert low < point < high and high - low < 0.2
-    assert bootstrap_ci(accuracy, probs, targets, n_boot=300, seed=1) == (low, high)
+    again = task_intervals(BINARY, probs, targets, n_boot=300, seed=1, metrics=["accuracy"])["accuracy"]
+    assert tuple(again) == (low, high)
 
 
-def test_bootstrap_ci_degenerate_cases() -> None:
+def test_bootstrap_interval_degenerate_cases() -> None:
     probs = one_hot_probs([0, 1, 1, 0], 2)
     targets = np.array([0, 1, 1, 0])
-    assert bootstrap_ci(accuracy, probs, targets, n_boot=50) == (1.0, 1.0)
-    auroc = lambda p, t: task_metrics(p, t, BINARY)["auroc"]
-    assert all(math.isnan(v) for v in bootstrap_ci(auroc, probs, np.ones(4, dtype=int), n_boot=20))
+    assert tuple(task_intervals(BINARY, probs, targets, n_boot=50, seed=0, metrics=["accuracy"])["accuracy"]) == (1.0, 1.0)
+    one_class = task_intervals(BINARY, probs, np.ones(4, dtype=int), n_boot=20, seed=0, metrics=["auroc"])["auroc"]
+    assert all(math.isnan(v) for v in one_class)
 
 
 def test_labelled_drops_missing_rows() -> None:

@@ -1,4 +1,5 @@
-"""Evaluation: per-task metrics over labelled rows, flattened summaries, bootstrap intervals.
+"""Evaluation: per-task metrics over labelled rows, flattened summaries, the evaluation of registered
+models, ablation claims and diagnostics (every interval and test comes from :mod:`memeops.stats`).
 
 Pure numpy / scikit-learn; no tracking or orchestration imports.
 """
@@ -7,7 +8,6 @@ from memeops.evaluation.metrics import (
     Predictions,
     all_metrics,
     binary_auroc,
-    bootstrap_ci,
     labelled,
     labelled_mask,
     task_metrics,
@@ -17,7 +17,6 @@ __all__ = [
     "Predictions",
     "all_metrics",
     "binary_auroc",
-    "bootstrap_ci",
     "labelled",
     "labelled_mask",
     "task_metrics",

@@ -12,7 +12,7 @@ of every requested split, joins them with the meme table on ``meme_id`` and comp
   values from :func:`memeops.evaluation.metrics.task_metrics` (sklearn, the project's conventions);
 * a seeded percentile-bootstrap 95% interval of every one of those metrics and of the task's
   expected calibration error (labelled rows resampled, as
-  :func:`memeops.evaluation.metrics.bootstrap_ci` does, but all resamples at once from
+  a per-resample loop would, but all resamples at once from
   resample-weighted confusion counts: :func:`memeops.stats.task_intervals`), plus an interval of
   the mean primary metric over tasks from memes resampled jointly for all tasks
   (:func:`memeops.stats.mean_primary`);
@@ -170,7 +170,7 @@ def bootstrap_task_cis(
 ) -> dict[str, list[float] | None]:  # fmt: skip
     """Seeded percentile-bootstrap 95% intervals of the task's metrics (``metrics``: a subset;
     None: all, and ``ece``) on its labelled rows: :func:`memeops.stats.task_intervals` (the
-    resamples of :func:`memeops.evaluation.metrics.bootstrap_ci` with the same seed)."""
+    resamples of a textbook one-resample-at-a-time loop with the same seed)."""
     calibration = (*task_confidence(probs, targets, spec.kind), n_bins)
     cis = stats.task_intervals(spec, probs, targets, n_boot=n_boot, seed=seed, metrics=metrics,
                                calibration=calibration)  # fmt: skip
@@ -405,6 +405,45 @@ def resolve_versions(variant: str, client: Any | None = None) -> tuple[list[Vers
 
 
 PredictionLoader = Callable[[str, str], "pd.DataFrame | None"]
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def sibling_seed_runs(client: Any, run_id: str) -> list[tuple[int, str]]:
+    """``(seed, run id)`` of every seed run of the training stage that made ``run_id`` (the nested
+    runs under its parent run, each tagged ``memeops.seed``); ``[]`` for a run with no parent."""
+    from memeops.tracking.runs import TAG_SEED
+
+    run = client.get_run(run_id)
+    parent = run.data.tags.get(PARENT_TAG)
+    if not parent:
+        return []
+    found = client.search_runs([run.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'",
+                               max_results=1000)  # fmt: skip
+    return sorted((int(r.data.tags[TAG_SEED]), r.info.run_id) for r in found if TAG_SEED in r.data.tags)
+
+
+def seed_block(seed_runs: Sequence[tuple[int, str]], split: str, loader: PredictionLoader,
+               cfg: EvaluateConfig) -> dict[str, Any]:  # fmt: skip
+    """The version's training seeds on ``split``: per metric mean, std over seeds and the 95% interval
+    over seeds and memes (:func:`memeops.stats.summarise_seeds`), from each seed run's logged predictions."""
+    from memeops.evaluation.metrics import Predictions
+    from memeops.tracking.promotion import frame_arrays
+
+    frames = {seed: loader(run_id, split) for seed, run_id in seed_runs}
+    missing = [seed for seed, frame in frames.items() if frame is None or len(frame) == 0]
+    if missing:
+        return {"status": MISSING, "note": f"seeds {missing} logged no predictions for {split}"}
+    ids = list(dict.fromkeys(next(iter(frames.values()))["meme_id"].astype(str)))
+    runs, specs = [], {}
+    for seed, frame in frames.items():
+        arrays = frame_arrays(frame, ids)
+        specs = {task: a.spec for task, a in arrays.items()}
+        preds = Predictions(probs={t: a.probs for t, a in arrays.items()},
+                            targets={t: a.targets for t, a in arrays.items()}, meme_ids=ids)  # fmt: skip
+        runs.append(stats.ArmRun("evaluate", "version", seed, preds, {}, 0, 0.0))
+    summary = stats.summarise_seeds(runs, list(specs.values()), n_boot=max(cfg.n_boot, 1), seed=cfg.seed)
+    return {"status": "ok", "seeds": [seed for seed, _ in seed_runs],
+            "metrics": {m: st.as_json() for m, st in summary.items()}}  # fmt: skip
 
 
 def evaluate_variant(
@@ -416,7 +455,10 @@ def evaluate_variant(
     from memeops.tracking.registry import registered_model_name
     from memeops.tracking.runs import TAG_DATA_DIGEST
 
+    import mlflow
+
     loader = loader or load_eval_predictions
+    client = client or mlflow.MlflowClient()
     refs, notes = resolve_versions(variant, client)
     name = registered_model_name(variant)
     versions: dict[str, Any] = {}
@@ -431,6 +473,10 @@ def evaluate_variant(
                                   f"{data_digest}); its memes are still checked against the table")  # fmt: skip
         if ref.run_id is None:
             entry["notes"].append("no source run: nothing to read")
+        seed_runs = sibling_seed_runs(client, ref.run_id) if ref.run_id is not None and client is not None else []
+        if len(seed_runs) > 1:  # trained over several seeds: the variant's figures over all of them
+            entry["selection_rule"] = ref.run_tags.get("memeops.selection_rule")
+            entry["seeds"] = {split: seed_block(seed_runs, split, loader, cfg) for split in cfg.splits}
         for split in cfg.splits:
             if ref.run_id is None:
                 entry["splits"][split] = {"status": MISSING, "note": "no source run"}

@@ -1,4 +1,5 @@
-"""Per-task classification metrics over labelled rows, their flattened summary and bootstrap CIs.
+"""Per-task classification metrics over labelled rows and their flattened summary (point values;
+intervals and tests: :mod:`memeops.stats`).
 
 Inputs are what :func:`memeops.training.predict` returns: probabilities per task (``[N, L]``) and
 targets encoded as in :mod:`memeops.models.base` (single-label: int ``[N]`` with
@@ -18,7 +19,6 @@ Conventions (so numbers are comparable across runs and papers):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,7 +63,7 @@ def labelled_mask(targets: np.ndarray, spec: TaskSpec) -> np.ndarray:
 
 
 def labelled(probs: np.ndarray, targets: np.ndarray, spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Only the labelled rows of ``probs`` and ``targets`` (e.g. before :func:`bootstrap_ci`)."""
+    """Only the labelled rows of ``probs`` and ``targets`` (before any resampling: unlabelled rows are no sample)."""
     mask = labelled_mask(targets, spec)
     return np.asarray(probs)[mask], np.asarray(targets)[mask]
 
@@ -148,36 +148,6 @@ def all_metrics(predictions: Predictions, specs: list[TaskSpec]) -> dict[str, fl
             macro.append(metrics["macro_f1"])
     out["mean/macro_f1"] = float(np.mean(macro)) if macro else math.nan
     return out
-
-
-def bootstrap_ci(
-    metric_fn: Callable[[np.ndarray, np.ndarray], float],
-    probs: np.ndarray,
-    targets: np.ndarray,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval (95% by default) of ``metric_fn(probs, targets)``.
-
-    Rows are resampled with replacement, so pass labelled rows only (:func:`labelled`) or the
-    effective sample size is wrong. Resamples where the metric is NaN (e.g. AUROC of a one-class
-    resample) are skipped; all-NaN gives ``(nan, nan)``. Seeded, so reports are reproducible.
-    """
-    probs, targets = np.asarray(probs), np.asarray(targets)
-    n = len(targets)
-    if n == 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_boot, dtype=np.float64)
-    for i in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        values[i] = metric_fn(probs[idx], targets[idx])
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return math.nan, math.nan
-    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(low), float(high)
 
 
 # --- fast forms for bootstrap loops (equal to the sklearn versions above; tested against them) ---------

@@ -31,6 +31,17 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows), ""]  # fmt: skip
 
 
+def seeds_cell(report: Mapping[str, Any], variant: str, alias: str, split: str) -> str:
+    """``mean ± std [lo, hi] (n seeds)`` of mean macro-F1 over the version's training seeds, or a dash."""
+    versions = report.get("variants", {}).get(variant, {}).get("versions", {})
+    entry = versions.get(alias.split("+")[0], {})
+    block = (entry.get("seeds") or {}).get(split) or {}
+    metric = (block.get("metrics") or {}).get("mean/macro_f1")
+    if block.get("status") != "ok" or not metric:
+        return "–"
+    return f"{_fmt(metric['mean'])} ± {_fmt(metric['std'])}{_fmt_ci(metric['ci95'])} ({metric['n_seeds']} seeds)"
+
+
 def markdown_report(report: Mapping[str, Any], figures: Mapping[str, str] | None = None) -> str:
     """``reports/evaluation.md``: the summary table, then per variant its notes, the per-task
     metrics of every evaluated version and split, and the breakdown tables. ``figures``: variant ->
@@ -51,9 +62,14 @@ def markdown_report(report: Mapping[str, Any], figures: Mapping[str, str] | None
         sm = block["summary"]
         rows.append([variant, alias, f"v{version}", split, str(sm["n_memes"]),
                      _fmt(sm["mean_primary"]) + _fmt_ci(sm.get("mean_primary_ci95")),
-                     _fmt(sm["mean_macro_f1"]), _fmt(sm["ece_pooled"])])  # fmt: skip
+                     _fmt(sm["mean_macro_f1"]), seeds_cell(report, variant, alias, split),
+                     _fmt(sm["ece_pooled"])])  # fmt: skip
     lines += _table(["variant", "alias", "version", "split", "memes", "mean primary [95% CI]",
-                     "mean macro-F1", "ECE (pooled)"], rows) if rows else ["No split could be evaluated.", ""]  # fmt: skip
+                     "mean macro-F1", "mean macro-F1 over seeds ± std [95% CI seeds × memes]", "ECE (pooled)"],
+                    rows) if rows else ["No split could be evaluated.", ""]  # fmt: skip
+    lines += [("The registered version is one seed of its training stage, chosen on validation only (the "
+               "`median-val` rule: docs/reproducibility.md); the columns before the seeds column are that seed's, "
+               "the seeds column summarises every seed of the same training."), ""]  # fmt: skip
     for variant, vb in report.get("variants", {}).items():
         lines += [f"## {variant} (`{vb.get('registered_model')}`)", ""]
         lines += [f"- {n}" for n in vb.get("notes", [])]

@@ -12,6 +12,7 @@ promotion), so they cannot quietly disagree:
   AND seeds (the one way: intervals cover test-sample and seed variation), paired comparisons,
   two- and one-sided p-values, Holm;
 * :mod:`memeops.stats.summary`: the per-arm table with comparisons to a reference arm;
+* :mod:`memeops.stats.seeds`: one model's seeds on one split (mean, std, interval per metric);
 * :mod:`memeops.stats.tasks`: per-task intervals and the mean primary metric of one model on one
   split (stage ``evaluate``, promotion).
 
@@ -35,6 +36,7 @@ from memeops.stats.paired import (
     runs_by_group,
     two_sided_p,
 )
+from memeops.stats.seeds import SeedSummary, report_metrics, summarise_seeds
 from memeops.stats.resample import (
     bootstrap_indices,
     count_blocks,
@@ -92,7 +94,10 @@ __all__ = [
     "resample_counts",
     "runs_by_arm",
     "runs_by_group",
+    "SeedSummary",
+    "report_metrics",
     "seed_draws",
+    "summarise_seeds",
     "seed_mean",
     "summarise",
     "task_intervals",

@@ -2,7 +2,7 @@
 
 The meme resamples depend only on ``(n, n_boot, seed)``: :func:`bootstrap_indices` draws them from
 ``numpy.random.default_rng(seed)`` in blocks, which is the same stream as one ``rng.integers(0, n,
-size=n)`` per resample (so :func:`memeops.evaluation.metrics.bootstrap_ci` with the same seed sees
+size=n)`` per resample (so a textbook one-resample-at-a-time loop with the same seed sees
 the same resamples). Seed draws (:func:`seed_draws`) come from a separate stream keyed by
 ``(seed, number of seeds)``: turning them on leaves the meme resamples unchanged, and every arm
 with the same number of seeds gets the same draws (comparisons stay paired).

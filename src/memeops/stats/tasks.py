@@ -2,7 +2,7 @@
 promotion), on the resamples and weighted metrics of this package.
 
 * :func:`task_intervals`: percentile intervals of every metric of one task (and its ECE), labelled
-  rows resampled (the resamples of :func:`memeops.evaluation.metrics.bootstrap_ci` with the same
+  rows resampled (the resamples of a textbook one-resample-at-a-time loop with the same
   seed);
 * :func:`mean_primary`: the mean over tasks of each task's primary metric (AUROC for binary tasks,
   macro-F1 otherwise), observed and resampled with memes drawn jointly for all tasks (a meme

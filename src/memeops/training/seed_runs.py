@@ -8,9 +8,9 @@ the multi-seed summary every reported number comes from.
   so the choice never sees test data, and the median rather than the best seed keeps the
   registered model typical of the variant instead of its luckiest draw. The rule's name,
   :data:`SELECTION_RULE`, is tagged on the MLflow run.
-* **Summary** (:func:`summarise_seeds`): per metric the mean over seeds, the standard deviation
-  over seeds (ddof=1) and a 95% percentile bootstrap interval that resamples seeds and test memes
-  together (:mod:`memeops.stats`), so it covers run-to-run and test-sample variation.
+* **Summary** (:func:`memeops.stats.summarise_seeds`): per metric the mean over seeds, the standard
+  deviation over seeds (ddof=1) and a 95% percentile bootstrap interval that resamples seeds and
+  test memes together, so it covers run-to-run and test-sample variation.
 * **Predictions file** (:func:`predictions_table` / :func:`runs_from_table`): every seed's per-meme
   probabilities on the test splits, long form, one row per (split, seed, meme, task): stage
   ``compare`` reads it for its paired tests between variants, and anyone can re-analyse it.
@@ -21,18 +21,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from memeops.evaluation.metrics import Predictions, primary_metric
+from memeops.evaluation.metrics import Predictions
 from memeops.models.base import IGNORE_INDEX, MISSING_MULTI, TaskSpec
-from memeops.stats import ArmRun, arm_stats, bootstrap_group
+from memeops.stats import ArmRun, summarise_seeds
 from memeops.training.ablate import predictions_long
 
+__all__ = ["SELECTION_RULE", "predictions_table", "runs_from_table", "select_seed", "summarise_seeds"]
+
 SELECTION_RULE = "median-val"
-MEAN_MACRO_F1 = "mean/macro_f1"
 
 
 def select_seed(val_values: Mapping[int, float], mode: str = "max") -> int:
@@ -49,51 +49,6 @@ def select_seed(val_values: Mapping[int, float], mode: str = "max") -> int:
 
     ranked = sorted(order, key=rank_key)  # worst first
     return ranked[(len(ranked) - 1) // 2]
-
-
-def report_metrics(specs: Sequence[TaskSpec]) -> list[str]:
-    """The metrics summarised per variant: each task's macro-F1 and primary metric, and the mean."""
-    out: list[str] = []
-    for spec in specs:
-        out.append(f"{spec.name}/macro_f1")
-        if primary_metric(spec) != "macro_f1":
-            out.append(f"{spec.name}/{primary_metric(spec)}")
-    return out + [MEAN_MACRO_F1]
-
-
-@dataclass(frozen=True)
-class SeedSummary:
-    """One metric over a variant's seeds."""
-
-    n_seeds: int
-    mean: float
-    std: float
-    ci_low: float
-    ci_high: float
-    per_seed: list[float]
-
-    def as_json(self) -> dict[str, object]:
-        def clean(v: float) -> float | None:
-            return None if v is None or math.isnan(v) else round(float(v), 6)
-
-        return {"n_seeds": self.n_seeds, "mean": clean(self.mean), "std": clean(self.std),
-                "ci95": [clean(self.ci_low), clean(self.ci_high)], "per_seed": [clean(v) for v in self.per_seed]}  # fmt: skip
-
-
-def summarise_seeds(
-    runs: Sequence[ArmRun], specs: Sequence[TaskSpec], *, n_boot: int, seed: int, metrics: Sequence[str] | None = None
-) -> dict[str, SeedSummary]:  # fmt: skip
-    """``{metric: SeedSummary}`` of one arm's runs (one per seed) on one split."""
-    by_name = {s.name: s for s in specs}
-    metrics = list(metrics or report_metrics(specs))
-    boot = bootstrap_group(runs, by_name, metrics, n_boot=n_boot, seed=seed)
-    arm = runs[0].arm
-    out = {}
-    for metric in metrics:
-        st = arm_stats(boot, arm, metric)
-        out[metric] = SeedSummary(st.n_seeds, st.mean, st.std, st.ci_low, st.ci_high,
-                                  [float(v) for v in boot.observed[(arm, metric)]])  # fmt: skip
-    return out
 
 
 # --------------------------------------------------------------------------- the predictions file
