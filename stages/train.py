@@ -16,7 +16,6 @@ no checkpoint (see docs/ddp.md).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from memeops.training import distributed as ddp
 from memeops.training.experiment import TrainStageConfig
 from memeops.training.optim import resolve_device
 from memeops.training.variant_stage import follow_variant, run_variant
-from memeops.training.tune import apply_tuned
+from memeops.training.tuned import with_tuned
 from memeops.vision.extract import RegionsConfig
 from stages import run_stage
 
@@ -43,9 +42,7 @@ def main() -> int:
     params = load_params()
     cfg = params.section("train", TrainStageConfig)
     cfg.variant(variant)  # fail fast on an unknown variant
-    tuned = Path("reports/tuning") / f"{variant}.json"
-    if tuned.is_file():  # stage tune's best params (docs/tuning.md); no file: params unchanged
-        cfg = apply_tuned(cfg, variant, json.loads(tuned.read_text(encoding="utf-8")))
+    cfg = with_tuned(cfg, [variant])  # stage tune's best params (docs/tuning.md); no file: unchanged
     encoder_cfg = resolve_encoder_config(params.section("encoders.clip", ClipEncoderConfig))
     inputs = {
         "memes_path": Path(params.data.output_dir) / "memes.parquet",

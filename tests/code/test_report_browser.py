@@ -70,12 +70,20 @@ def _metrics(variant: str, tasks: dict[str, str], base: float) -> dict[str, Any]
     }  # fmt: skip
 
 
+def _with_seeds(report: dict[str, Any]) -> dict[str, Any]:
+    """The report of a variant trained over three seeds (stage train's seed summary)."""
+    summary = {key: {"n_seeds": 3, "mean": value, "std": 0.012, "ci95": [value - 0.04, value + 0.04],
+                     "per_seed": [value - 0.01, value, value + 0.01]} for key, value in report["test"].items()}  # fmt: skip
+    summary["mean/macro_f1"] = {"n_seeds": 3, "mean": 0.7, "std": 0.021, "ci95": [0.66, 0.74], "per_seed": [0.68, 0.7, 0.72]}
+    return report | {"seeds": [0, 1, 2], "seed_summary": {"test": summary}}
+
+
 def write_fixture_reports(root: Path, *, ablations: bool = True) -> dict[str, Any]:
     """A small reports/ folder + the records a stage would compute; returns build_report kwargs."""
     reports = root / "reports"
     (reports / "metrics").mkdir(parents=True)
     tasks = {"hateful": "auroc", "sentiment": "macro_f1"}
-    (reports / "metrics" / "alpha.json").write_text(json.dumps(_metrics("alpha", tasks, 0.7)))
+    (reports / "metrics" / "alpha.json").write_text(json.dumps(_with_seeds(_metrics("alpha", tasks, 0.7))))
     (reports / "metrics" / "beta.json").write_text(json.dumps(_metrics("beta", {"hateful": "auroc"}, 0.6)))
     (reports / "metrics" / "ocr.json").write_text(json.dumps({"cer": 0.1}))  # not a variant
     (reports / "comparison.csv").write_text(
@@ -148,7 +156,9 @@ def test_report_html_sections_escaping_and_assets(tmp_path: Path) -> None:
     assert "<script" not in page and "<b>bold</b>" not in page  # every input text escaped
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert "ocr" not in re.findall(r"<strong>([^<]+)</strong>", page)  # stage metrics are no variants
-    assert "0.700 [0.650–0.750]" in page  # primary metric with its interval
+    assert "0.700 ± 0.012 [0.660–0.740]" in page  # primary metric: mean ± std over seeds [seeds × memes]
+    assert "± 0.021 [0.660–0.740]" in page  # the leaderboard's test mean macro-F1 over seeds
+    assert "0.600 [0.550–0.650]" in page  # a report without seeds: its own interval
     assert "http://mlflow.example:5000/#/experiments/1/runs/abc123def4567890" in page
     assert "not produced yet" not in page and "global_only" in page and "Regions help." in page
     # only relative asset links, all written, no external resource

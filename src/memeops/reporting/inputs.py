@@ -113,26 +113,47 @@ def mean_metric(report: Mapping[str, Any], split: str, metric: str = "macro_f1")
     return (float(np.mean(present)) if present else None), len(present)
 
 
+def seed_metric(report: Mapping[str, Any], split: str, metric: str) -> Mapping[str, Any]:
+    """The seed summary of ``metric`` on ``split`` (n_seeds, mean, std, ci95, per_seed), or ``{}``."""
+    return ((report.get("seed_summary") or {}).get(split) or {}).get(metric) or {}
+
+
+def seeds_text(summary: Mapping[str, Any]) -> str:
+    """`` ± 0.012 [0.650–0.760]`` from a seed summary (std over seeds, interval over seeds and memes)."""
+    if not summary or summary.get("std") is None:
+        return ""
+    ci = summary.get("ci95") or []
+    interval = f" [{fmt(ci[0])}–{fmt(ci[1])}]" if len(ci) == 2 and None not in ci else ""
+    return f" ± {fmt(summary['std'])}{interval}"
+
+
 def leaderboard(reports: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per variant, best test mean macro-F1 first."""
+    """One row per variant, best test mean macro-F1 first (means over the variant's seeds; ``test_seeds``:
+    std over seeds and the interval over seeds and memes of the test mean macro-F1)."""
     rows = []
     for name, report in reports.items():
         test, n = mean_metric(report, "test")
+        seeds = seed_metric(report, "test", "mean/macro_f1")
         rows.append({
             "variant": name, "tasks": n, "test": test, "val": mean_metric(report, "val")[0],
-            "test_unseen": mean_metric(report, "test_unseen")[0],
+            "test_unseen": mean_metric(report, "test_unseen")[0], "n_seeds": seeds.get("n_seeds", 1),
+            "test_seeds": seeds_text(seeds),
         })  # fmt: skip
     return sorted(rows, key=lambda r: -(r["test"] if r["test"] is not None else -1.0))
 
 
 def primary_cell(report: Mapping[str, Any], task: str, split: str = "test") -> str:
-    """``0.712 [0.650–0.760]`` for the task's primary metric, or an en dash."""
+    """``0.712 ± 0.010 [0.650–0.760]`` for the task's primary metric (mean ± std over seeds, interval over
+    seeds and memes), ``0.712 [0.650–0.760]`` for a report without seeds, or an en dash."""
     metric = report.get("primary_metric", {}).get(task)
     if metric is None:
         return "–"
     value = num((report.get(split) or {}).get(f"{task}/{metric}"))
     if value is None:
         return "–"
+    seeds = seed_metric(report, split, f"{task}/{metric}")
+    if seeds:
+        return f"{value:.3f}{seeds_text(seeds)}"
     ci = ((report.get("ci95") or {}).get(split) or {}).get(f"{task}/{metric}")
     interval = f" [{fmt(ci[0])}–{fmt(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
     return f"{value:.3f}{interval}"

@@ -34,13 +34,15 @@ def leaderboard_section(reports: Mapping[str, Mapping], runs: Mapping[str, str],
     for rank, r in enumerate(rows, 1):
         link = runs.get(r["variant"])
         run = f'<a href="{esc(link)}">run</a>' if link else "–"
-        body_rows.append([str(rank), f"<strong>{esc(r['variant'])}</strong>", str(r["tasks"]), fmt(r["test"]),
-                          fmt(r["val"]), fmt(r["test_unseen"]), run])  # fmt: skip
+        body_rows.append([str(rank), f"<strong>{esc(r['variant'])}</strong>", str(r["tasks"]), str(r["n_seeds"]),
+                          esc(fmt(r["test"]) + r["test_seeds"]), fmt(r["val"]), fmt(r["test_unseen"]), run])  # fmt: skip
     parts = [
-        ("<p>Each variant is selected on val and scored once on test; means are over the tasks the "
-         "variant was trained on (a single-task variant is not comparable with the multi-task ones on "
-         "this column alone).</p>"),
-        html_table(["#", "variant", "tasks", "test mean macro-F1", "val mean macro-F1",
+        ("<p>Each variant is trained once per seed; every seed is selected on val and scored once on test. "
+         "Values are means over seeds ± the standard deviation over seeds, [the 95% interval over seeds and "
+         "test memes]; means are over the tasks the variant was trained on (a single-task variant is not "
+         "comparable with the multi-task ones on this column alone). Whether two variants differ is decided by "
+         "the paired tests of <code>reports/comparison.md</code>, not by overlapping intervals.</p>"),
+        html_table(["#", "variant", "tasks", "seeds", "test mean macro-F1", "val mean macro-F1",
                 "test_unseen mean macro-F1", "MLflow"], body_rows, "num"),
     ]  # fmt: skip
     chart = chart_leaderboard(rows, assets.path("charts", "leaderboard.png"))
@@ -53,7 +55,7 @@ def leaderboard_section(reports: Mapping[str, Mapping], runs: Mapping[str, str],
     prim = [[f"{esc(t)} <span class=\"dim\">({esc(metric_of[t])})</span>"]
             + [esc(primary_cell(reports[n], t)) for n in names] for t in tasks]  # fmt: skip
     parts += [
-        "<h3>Primary metric per task on test, with its 95% bootstrap interval</h3>",
+        "<h3>Primary metric per task on test: mean ± std over seeds [95% interval over seeds and memes]</h3>",
         "<p>AUROC for binary tasks, macro-F1 otherwise.</p>",
         html_table(["task", *names], prim, "num small"),
     ]
