@@ -8,13 +8,15 @@ STAMP := $(VENV)/.installed-stamp
 # Offline switches and in-project tool state, from the one place that defines them.
 RUNTIME_ENV = eval "$$($(BIN)/memeops env)" && export PATH="$(BIN):$$PATH"
 
-.PHONY: install browser repro test test-fast bench ui serve mlflow-server flow lock clean help
+.PHONY: install browser repro test test-fast bench verify ui serve mlflow-server flow lock clean help
 
 help:
 	@echo "make repro   - create .venv, install, run the DVC pipeline (dvc repro)"
 	@echo "make test    - create .venv, install, run the test suite"
 	@echo "make test-fast - unit tests only (-m 'not slow')"
 	@echo "make bench   - the whole pipeline from scratch in a temp copy, timed per stage, + epoch ratio, serving latency -> reports/bench.{json,md}"
+	@echo "make verify  - rebuild the pipeline in a temp copy, check every headline number against its committed"
+	@echo "               interval (reports/comparison.csv, ablations.csv vs \$$VERIFY_BASELINE, HEAD); docs/reproducibility.md"
 	@echo "make ui      - MLflow UI on the project's tracking store (http://127.0.0.1:5000)"
 	@echo "make serve   - serve models:/memeops-\$$VARIANT@\$$ALIAS (gatedclip@champion) on http://127.0.0.1:\$$PORT (5001)"
 	@echo "               POST /invocations; docs/serving.md"
@@ -61,6 +63,16 @@ test-fast: install browser
 BENCH_ARGS ?=
 bench: install
 	$(RUNTIME_ENV) && python -m benchmarks.run_all $(BENCH_ARGS)
+
+# The rebuild check (docs/reproducibility.md): one `dvc repro` of the working tree's code in a temp copy
+# (benchmarks.pipeline's copy, this venv; its bench JSON stays in the copy), then `memeops verify` of the
+# copy's reports/ against $(VERIFY_BASELINE)'s; the copy is deleted either way. Exit 1 names the numbers
+# outside their committed intervals.
+VERIFY_BASELINE ?= HEAD
+verify: install
+	$(RUNTIME_ENV) && tmp="$$(mktemp -d -t memeops-verify-XXXXXX)" && trap 'rm -rf "$$tmp"' EXIT && \
+	python -m benchmarks.pipeline --workdir "$$tmp" --keep --bench-file "$$tmp/bench.json" && \
+	memeops verify --baseline "$(VERIFY_BASELINE)" --rebuilt "$$tmp/project/reports"
 
 ui: install
 	$(RUNTIME_ENV) && MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server \

@@ -1,6 +1,7 @@
 """The ``memeops`` command line (Typer). Pipeline work runs through ``dvc repro``; this CLI is for
 looking at what the pipeline knows (the taxonomy, the parsed params, the runtime environment),
-predicting with a packed model, and the deliberate step of promoting a challenger to champion."""
+predicting with a packed model, the deliberate step of promoting a challenger to champion, and the
+check that a rebuild reproduces the committed headline numbers."""
 
 from __future__ import annotations
 
@@ -183,6 +184,35 @@ def promote(
     except (ConfigError, ValueError, OSError, MlflowException) as exc:  # PromotionError is a ValueError
         _fail(str(exc) or type(exc).__name__)
     typer.echo(json.dumps(decision.to_dict(), indent=2) if as_json else decision.summary())
+
+
+VERIFY_HELP = (
+    "Check a rebuilt reports/ against the committed one: every headline number (each row of "
+    "reports/comparison.csv and reports/ablations.csv) must lie inside its committed 95% interval.\n\n"
+    "--baseline is a git revision (read with git show REV:reports/<file>) or a reports directory; "
+    "--rebuilt is a reports directory. Prints every compared number (committed mean [interval], rebuilt, "
+    "inside) and a summary line. Exit code 0 when all are inside, 1 when any is outside or missing on one "
+    "side (named on the last line), 2 when a file cannot be read. `make verify` rebuilds the pipeline in "
+    "a temp copy first (docs/reproducibility.md)."
+)
+
+
+@app.command(help=VERIFY_HELP)
+def verify(
+    baseline: Annotated[str, typer.Option(help="git revision or reports directory (committed)")] = "HEAD",
+    rebuilt: Annotated[Path, typer.Option(help="reports directory of the rebuild")] = Path("reports"),
+    repo: Annotated[Path, typer.Option(help="git repository of a revision baseline")] = Path("."),
+) -> None:
+    from memeops.evaluation.rebuild import VerifyError, render
+    from memeops.evaluation.rebuild import verify as verify_reports
+
+    try:
+        checks = verify_reports(baseline, rebuilt, repo)
+    except (VerifyError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(render(checks))
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":
