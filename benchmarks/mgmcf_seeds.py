@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from memeops.config import load_params
+from memeops.config import TrainStageConfig, load_params
 from memeops.data.consolidate import read_memes
 from memeops.data.features import FeatureConfig, FeatureStore
 from memeops.data.mgmcf_inputs import MgmcfInputs, MgmcfInputsConfig, RegionFeaturesConfig
 from memeops.models.clip import ClipEncoderConfig, load_clip, resolve_encoder_config
-from memeops.training.experiment import TrainStageConfig, train_variant, variant_specs
+from memeops.training.experiment import train_variant, variant_specs
 
 ARMS: dict[str, dict[str, Any]] = {
     "full": {},

@@ -17,13 +17,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from benchmarks import merge_bench, print_table
-from memeops.config import load_params
+from memeops.config import TrainStageConfig, load_params
 from memeops.data.consolidate import read_memes
 from memeops.data.features import FeatureConfig, FeatureDataset, FeatureStore, image_paths
 from memeops.models.clip import ClipEncoderConfig, load_clip, resolve_encoder_config
 from memeops.models.factory import build_model, model_config_class
 from memeops.threads import torch_threads
-from memeops.training.experiment import TrainStageConfig, trainable_specs
+from memeops.training.experiment import trainable_specs
 from memeops.training.seeding import make_generator, seed_everything
 from memeops.training.optim import compute_loss, make_optimizer
 

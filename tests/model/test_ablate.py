@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from memeops.config import TrainStageConfig
 from memeops.data.features import FeatureStore
 from memeops.training.ablate import (
     AblateConfig,
@@ -20,7 +21,6 @@ from memeops.training.ablate import (
     run_jobs,
     runs_frame,
 )
-from memeops.training.experiment import TrainStageConfig
 
 DIM = 8
 TRAIN = TrainStageConfig.model_validate({
@@ -62,9 +62,9 @@ def test_arm_variant_merges_arm_then_group_protocol_then_seed() -> None:
     name, vcfg = arm_variant(TRAIN, group, group.arms["no_gate"], seed=7)
     assert name == "gatedclip_mt" and vcfg.config["fusion"] == "fixed" and vcfg.config["hidden"] == 16
     # the arm's own lr override, the group's epochs (its protocol, for every arm), the job's seed
-    assert vcfg.trainer == {"lr": 0.02, "epochs": 2, "seed": 7}
+    assert vcfg.trainer.settings() == {"lr": 0.02, "epochs": 2, "seed": 7}
     name, vcfg = arm_variant(TRAIN, group, group.arms["text_only"], seed=0)
-    assert name == "text_only" and vcfg.model == "text_only" and vcfg.trainer == {"epochs": 2, "seed": 0}
+    assert name == "text_only" and vcfg.model == "text_only" and vcfg.trainer.settings() == {"epochs": 2, "seed": 0}
 
 
 def test_jobs_cover_every_arm_and_seed_and_order_back_by_params() -> None:

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
+from memeops.config import TrainStageConfig
 from memeops.data.features import FeatureStore
 from memeops.evaluation.metrics import fast_binary_auroc, fast_macro_f1
 from memeops.training import experiment as ex
-from memeops.training.experiment import TrainStageConfig, run_dir_for, train_variant
+from memeops.training.experiment import run_dir_for, train_variant
 
 DIM = 8
 VARIANTS = {"gatedclip": {"model": "gatedclip", "config": {"hidden": 16, "proj_dim": 8, "gate_hidden": 4,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from memeops.config import ConsolidateConfig
+from memeops.config import ConsolidateConfig, TrainStageConfig
 from memeops.data.consolidate import consolidate
 from memeops.data.features import FeatureConfig, FeatureStore, extract_features
 from memeops.data.mgmcf_inputs import (
@@ -37,7 +37,7 @@ from memeops.serving.inputs import example_frame
 from memeops.serving.mgmcf import MgmcfInputEncoder
 from memeops.serving.predictor import MemePredictor
 from memeops.serving.pyfunc import save_model_dir
-from memeops.training.experiment import TrainStageConfig, train_variant, variant_specs
+from memeops.training.experiment import train_variant, variant_specs
 from memeops.vision.extract import VIEWS_DIR, RegionsConfig, extract_regions
 from memeops.vision.regions import RegionStore, RegionViewConfig
 

@@ -13,8 +13,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from memeops.config import ConfigError, Params
-from memeops.training.experiment import TrainStageConfig, variant_model_config
+from memeops.config import ConfigError, Params, TrainStageConfig
+from memeops.training.experiment import variant_model_config
 from memeops.training.tune import run_parallel, split_trials, tune_variant
 from memeops.training.tune_config import TuneConfig, check_space, default_params, parse_space, trial_trainer_overrides
 from memeops.training.tune_study import TuneJob, prepare, resolve_storage
@@ -93,7 +93,7 @@ def test_apply_tuned_merges_into_one_variant_and_is_pure() -> None:
     cfg = _train_cfg()
     tuned = {"overrides": {"trainer": {"lr": 0.02, "weight_decay": 0.05}, "config": {"cls_dropout": 0.1}}, "variant": "gatedclip"}
     out = apply_tuned(cfg, "gatedclip", tuned)
-    assert out is not cfg and cfg.variant("gatedclip").trainer == {"lr": 0.001}  # input untouched
+    assert out is not cfg and cfg.variant("gatedclip").trainer.settings() == {"lr": 0.001}  # input untouched
     trainer = out.trainer_config("gatedclip")
     assert (trainer.lr, trainer.weight_decay, trainer.epochs, trainer.patience) == (0.02, 0.05, 50, 20)  # full budget kept
     assert out.variant("gatedclip").config == {**VARIANTS["gatedclip"]["config"], "cls_dropout": 0.1}

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import ActiveRun
 
-    from memeops.training.train_config import FitResult
+    from memeops.training.fit_types import FitResult
 
 # MLflow's limits (mlflow.utils.validation); copied so this module imports without mlflow.
 MAX_KEY_LENGTH = 250
@@ -313,7 +313,7 @@ def _cell_text(value: Any) -> str | None:
 
 
 class MlflowCallback:
-    """Trainer callback (see :class:`memeops.training.train_config.Callback`) logging to an MLflow run.
+    """Trainer callback (see :class:`memeops.training.fit_types.Callback`) logging to an MLflow run.
 
     * ``on_epoch_end``: every numeric metric of the epoch with ``step=epoch`` (1-based), names made
       MLflow-safe by :func:`metric_name`. The trainer may re-report an epoch after a crash; MLflow

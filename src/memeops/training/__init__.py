@@ -5,12 +5,13 @@ on a GPU box without mlflow, dvc or prefect. The test split never enters :func:`
 after selection with :func:`predict` and :func:`memeops.evaluation.all_metrics`.
 """
 
+from memeops.config.train import TrainConfig
 from memeops.evaluation.metrics import Predictions
 from memeops.training.checkpoint import checkpoint_dir, load_weights, save_weights, weights_hash
 from memeops.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 from memeops.training.inference import evaluate, predict
 from memeops.training.optim import compute_loss, lr_factor, resolve_amp, resolve_device
-from memeops.training.train_config import Callback, FitResult, TrainConfig, strip_timing
+from memeops.training.fit_types import Callback, FitResult, strip_timing
 from memeops.training.trainer import fit
 
 __all__ = [

@@ -28,9 +28,9 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from memeops.config.train import TrainerOverrides, TrainStageConfig, VariantConfig
 from memeops.models.base import TaskSpec
 from memeops.stats import ArmRun
-from memeops.training.experiment import TrainStageConfig, VariantConfig
 
 
 class ArmSpec(BaseModel):
@@ -41,7 +41,7 @@ class ArmSpec(BaseModel):
     variant: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, Any] = Field(default_factory=dict)
-    trainer: dict[str, Any] = Field(default_factory=dict)
+    trainer: TrainerOverrides = TrainerOverrides()
     description: str = ""
 
 
@@ -52,7 +52,7 @@ class AblationGroup(BaseModel):
 
     base: str
     reference: str = "full"
-    trainer: dict[str, Any] = Field(default_factory=dict)
+    trainer: TrainerOverrides = TrainerOverrides()
     arms: dict[str, ArmSpec]
 
     @model_validator(mode="after")
@@ -161,7 +161,7 @@ def arm_variant(train: TrainStageConfig, group: AblationGroup, arm: ArmSpec, see
     protocol (``group.trainer``) over the trainer, then the seed."""
     name = arm.variant or group.base
     base = train.variant(name)
-    trainer = _merged(base.trainer, arm.trainer, group.trainer, {"seed": seed})
+    trainer = base.trainer.updated(arm.trainer, group.trainer, {"seed": seed})
     merged = base.model_copy(update={
         "config": _merged(base.config, arm.config), "inputs": _merged(base.inputs, arm.inputs), "trainer": trainer,
     })  # fmt: skip

@@ -29,89 +29,24 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel
 from torch import nn
 
-from memeops.config import SPLITS
+from memeops.config.data import SPLITS
+from memeops.config.train import TrainStageConfig, VariantConfig
 from memeops.data.features import FeatureDataset, FeatureStore
 from memeops.data.taxonomy import label_column, load_taxonomy
 from memeops.evaluation.metrics import Predictions, all_metrics, primary_metric
 from memeops.models.base import TaskSpec, count_trainable, task_specs
 from memeops.models.factory import build_model, model_config_class
 from memeops.tracking.runs import file_md5
+from memeops.training.fit_types import FitResult
 from memeops.training.inference import predict
 from memeops.training.seeding import make_generator, seed_everything
-from memeops.training.train_config import FitResult, TrainConfig
 from memeops.training.trainer import fit
 
 EVAL_SPLITS = tuple(s for s in SPLITS if s != "train")  # val first: it is the selection split
 TEST_SPLITS = tuple(s for s in EVAL_SPLITS if s.startswith("test"))
-
-
-class VariantConfig(BaseModel):
-    """One entry of ``train.variants``: which model, its config, trainer overrides."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str
-    config: dict[str, Any] = Field(default_factory=dict)
-    trainer: dict[str, Any] = Field(default_factory=dict)
-    tasks: list[str] | None = None  # None: the stage's train.tasks
-    # The model family's input settings (MGMCF: text encoder and region view; see
-    # memeops.data.mgmcf_inputs.MgmcfInputsConfig); empty for models on the CLIP feature cache.
-    inputs: dict[str, Any] = Field(default_factory=dict)
-
-
-class TrainStageConfig(BaseModel):
-    """``params.train``: the task list, the shared trainer settings and the variant matrix."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    experiment: str = "memeops"
-    tasks: list[str]
-    seed: int = 0  # the bootstrap's seed, and the trainer's when no seed is given
-    # Every reported model is trained once per seed; intervals cover seed and test-sample variation.
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    trainer: dict[str, Any] = Field(default_factory=dict)
-    variants: dict[str, VariantConfig]
-    bootstrap_samples: int = Field(1000, ge=0)
-    register_models: bool = True  # log the pyfunc and register memeops-<variant> @challenger
-
-    @field_validator("tasks")
-    @classmethod
-    def _known_tasks(cls, tasks: list[str]) -> list[str]:
-        taxonomy = load_taxonomy()
-        unknown = [t for t in tasks if t not in taxonomy.tasks]
-        if unknown:
-            raise ValueError(f"unknown tasks {unknown}; see `memeops taxonomy`")
-        if not tasks:
-            raise ValueError("train.tasks is empty")
-        return tasks
-
-    def variant(self, name: str) -> VariantConfig:
-        if name not in self.variants:
-            raise ValueError(f"unknown variant {name!r}; train.variants has: {', '.join(self.variants)}")
-        return self.variants[name]
-
-    def tasks_for(self, name: str) -> list[str]:
-        """The variant's own task list when it sets one (checked against the taxonomy), else ``tasks``."""
-        tasks = self.variant(name).tasks
-        return self._known_tasks(tasks) if tasks is not None else self.tasks
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"train.seeds has repeated seeds: {seeds}")
-        return seeds
-
-    def trainer_config(self, name: str, seed: int | None = None) -> TrainConfig:
-        """Shared trainer settings, the variant's overrides, then the seed: ``seed`` when given,
-        else a variant's own ``trainer.seed``, else ``train.seed``."""
-        merged = {"seed": self.seed, **self.trainer, **self.variant(name).trainer}
-        if seed is not None:
-            merged["seed"] = seed
-        return TrainConfig.model_validate(merged)
 
 
 def trainable_specs(memes: pd.DataFrame, tasks: Sequence[str]) -> tuple[list[TaskSpec], list[str]]:

@@ -19,9 +19,9 @@ from memeops.evaluation.metrics import Predictions, all_metrics
 from memeops.models.base import ModelOutput, TaskSpec, probabilities
 from memeops.training import distributed as ddp
 from memeops.training.distributed import SINGLE, DistContext
+from memeops.training.fit_types import AmpMode
 from memeops.training.optim import autocast, compute_loss, resolve_amp, resolve_device, to_device
 from memeops.training.seeding import make_generator
-from memeops.training.train_config import AmpMode
 
 
 def make_loader(

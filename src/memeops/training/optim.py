@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from memeops.config.train import TrainConfig
 from memeops.models.base import ModelOutput, TaskSpec, masked_task_loss, target_mask
-from memeops.training.train_config import AmpMode, TrainConfig
+from memeops.training.fit_types import AmpMode
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from memeops.config.train import TrainConfig
 from memeops.models.base import TaskSpec
 from memeops.training import checkpoint as ckpt
 from memeops.training import distributed as ddp
 from memeops.training.distributed import DistContext
-from memeops.training.train_config import RESUME_NEUTRAL_FIELDS, AmpMode, TrainConfig
+from memeops.training.fit_types import RESUME_NEUTRAL_FIELDS, AmpMode
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ batch, validation is sharded by whole batches and gathered, and every rank takes
 early-stopping decisions. Only rank 0 reads/writes checkpoints and calls callbacks. See
 :mod:`memeops.training.distributed` and ``docs/ddp.md``.
 
-The pieces live next door: :mod:`memeops.training.train_config` (:class:`TrainConfig`,
-:class:`FitResult`, :class:`Callback`), :mod:`memeops.training.optim` (device, AMP, optimizer,
+The pieces live next door: :mod:`memeops.config.train` (:class:`TrainConfig`),
+:mod:`memeops.training.fit_types` (:class:`FitResult`, :class:`Callback`), :mod:`memeops.training.optim` (device, AMP, optimizer,
 schedule, loss), :mod:`memeops.training.inference` (loaders, :func:`predict`, validation scoring)
 and :mod:`memeops.training.resume` (checkpoint state and the resume decision); this module is the
 epoch loop. Only torch / numpy / sklearn / safetensors / tqdm are imported: this runs on a bare GPU
@@ -51,11 +51,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from memeops.config.train import TrainConfig
 from memeops.models.base import ModelOutput, TaskSpec
 from memeops.threads import torch_threads
 from memeops.training import checkpoint as ckpt
 from memeops.training import distributed as ddp
 from memeops.training.distributed import SINGLE, DistContext
+from memeops.training.fit_types import AmpMode, FitResult
 from memeops.training.inference import evaluate, evaluate_sharded, make_loader
 from memeops.training.optim import (
     autocast,
@@ -70,7 +72,6 @@ from memeops.training.optim import (
 )
 from memeops.training.resume import LoopState, config_hash, maybe_resume, share_resume
 from memeops.training.seeding import make_generator, seed_everything
-from memeops.training.train_config import AmpMode, FitResult, TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from memeops.config.train import TrainConfig, TrainStageConfig
 from memeops.models.factory import model_config_class
-from memeops.training.experiment import TrainStageConfig
-from memeops.training.train_config import TrainConfig
 from memeops.training.tuned import SPACE_SECTIONS
 
 #: Trainer fields a search space may not touch: the budget and selection rule every trial shares

@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from memeops.config.train import TrainStageConfig
 from memeops.data.consolidate import read_memes
 from memeops.data.features import FeatureStore
-from memeops.training.experiment import FeatureInputs, TrainStageConfig, family_inputs, file_md5, variant_specs
+from memeops.training.experiment import FeatureInputs, family_inputs, file_md5, variant_specs
 from memeops.training.tune_config import TuneConfig, check_space, default_params
 
 logger = logging.getLogger(__name__)

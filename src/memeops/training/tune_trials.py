@@ -20,8 +20,8 @@ from mlflow.entities import Metric, Param
 from memeops.models.factory import build_model
 from memeops.tracking.runs import ensure_experiment, flatten_params, lineage_tags, metric_name
 from memeops.training.experiment import variant_model_config
+from memeops.training.fit_types import FitResult
 from memeops.training.seeding import make_generator, seed_everything
-from memeops.training.train_config import FitResult
 from memeops.training.trainer import fit
 from memeops.training.tune_config import trial_trainer_overrides
 from memeops.training.tune_study import TuneData, TuneJob, load_study, make_sampler

@@ -2,14 +2,15 @@
 
 ``reports/tuning/<variant>.json`` (written by :mod:`memeops.training.tune`) holds a nested override
 dict ``{"trainer": {...}, "config": {...}}``. :func:`apply_tuned` is the only merge of such
-overrides into a :class:`~memeops.training.experiment.TrainStageConfig`; :func:`with_tuned` reads
+overrides into a :class:`~memeops.config.train.TrainStageConfig`; :func:`with_tuned` reads
 the variants' tuning files and merges each through it (stages ``train`` and ``ablate``), and a
 tuning trial merges its sampled params and its budget caps through it too.
 
-The merge validates nothing itself and dumps nothing: the overrides land in the variant's
-``trainer`` / ``config`` dicts, and are validated once, where they are used
-(:meth:`TrainStageConfig.trainer_config` builds the :class:`TrainConfig`, the model factory the
-model config), so a typo still fails before training with a one-line error.
+The merge dumps nothing: the trainer overrides land in the variant's typed ``trainer``
+(:meth:`~memeops.config.train.TrainerOverrides.updated`, which rejects an unknown key or a value
+out of bounds right there), the config overrides in its ``config`` mapping. The merged settings are
+validated once, where they are used (:meth:`TrainStageConfig.trainer_config` builds the
+:class:`TrainConfig`, the model factory the model config), so a typo fails before training.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from memeops.training.experiment import TrainStageConfig
+from memeops.config.train import TrainStageConfig
 
 TUNING_DIR = Path("reports/tuning")
 SPACE_SECTIONS = ("trainer", "config")
@@ -64,7 +65,8 @@ def apply_tuned(cfg: TrainStageConfig, variant: str, tuned: Mapping[str, Any] | 
     if not any(overrides.get(s) for s in SPACE_SECTIONS):
         return cfg
     merged = entry.model_copy(update={
-        section: {**getattr(entry, section), **dict(overrides.get(section) or {})} for section in SPACE_SECTIONS
+        "trainer": entry.trainer.updated(overrides.get("trainer") or {}),
+        "config": {**entry.config, **dict(overrides.get("config") or {})},
     })  # fmt: skip
     return cfg.model_copy(update={"variants": {**cfg.variants, variant: merged}})
 

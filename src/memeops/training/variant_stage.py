@@ -33,6 +33,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from memeops.config.train import TrainStageConfig
 from memeops.data.consolidate import read_memes
 from memeops.data.features import FeatureStore
 from memeops.models.clip import load_clip
@@ -46,7 +47,6 @@ from memeops.training.experiment import (
     EVAL_SPLITS,
     TEST_SPLITS,
     Family,
-    TrainStageConfig,
     VariantResult,
     clear_finished_run,
     family_inputs,

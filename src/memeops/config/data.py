@@ -1,15 +1,13 @@
-"""Typed configuration: ``params.yaml`` is read here, once, and passed down as these objects.
+"""The typed data sections of ``params.yaml``: ``synth``, ``data`` (sources, splits, leakage),
+``ocr`` and ``validate``, and the split names every stage agrees on.
 
-No other module opens ``params.yaml``. Stages call :func:`load_params` and hand each library
-function only the section it needs.
+Pydantic only (no torch): the data stages and the loaders import these without the model stack.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SPLITS: tuple[str, ...] = ("train", "val", "val_unseen", "test", "test_unseen")
@@ -147,59 +145,3 @@ class ValidateConfig(_Strict):
     min_class_count: int = Field(5, ge=0, description="per split, task and label present in that split")
     class_count_splits: list[str] = Field(default_factory=lambda: ["train"])
     max_empty_text_fraction: float = Field(0.5, ge=0.0, le=1.0)
-
-
-class Params(_Strict):
-    """The whole of ``params.yaml`` that this version of the project understands."""
-
-    seed: int = 42
-    synth: SynthConfig = SynthConfig()
-    data: ConsolidateConfig
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
-    ocr: OcrConfig = OcrConfig()
-
-    # Sections whose typed config classes live beside the torch code that uses them (so that
-    # importing memeops.config stays light); a stage turns them into their typed object with
-    # :meth:`section`.
-    encoders: dict[str, Any] = Field(default_factory=dict)
-    pretrain_clip: dict[str, Any] = Field(default_factory=dict)
-    features: dict[str, Any] = Field(default_factory=dict)
-
-    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
-
-    def section(self, name: str, model_cls: type[BaseModel]) -> Any:
-        """``params.<name>`` (dotted for nesting, e.g. ``encoders.clip``) validated as ``model_cls``."""
-        node: Any = self.model_dump(by_alias=True)
-        for part in name.split("."):
-            node = (node or {}).get(part, {})
-        try:
-            return model_cls.model_validate(node or {})
-        except Exception as exc:
-            errors = getattr(exc, "errors", None)
-            detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors()) if callable(errors) else str(exc)
-            raise ConfigError(f"params {name}: {detail}") from exc
-
-
-class ConfigError(ValueError):
-    """A params file that cannot be used; the message is one line naming the problem."""
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``; raise :class:`ConfigError` with a one-line message."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found (run from the project root)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or 'parse error'})") from exc
-    try:
-        return Params.model_validate(raw)
-    except Exception as exc:  # pydantic.ValidationError: condense to one line per problem
-        errors = getattr(exc, "errors", None)
-        if callable(errors):
-            parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors()]
-            raise ConfigError(f"{path}: " + "; ".join(parts)) from exc
-        raise ConfigError(f"{path}: {exc}") from exc
