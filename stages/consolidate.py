@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memeops.config import load_params
 from memeops.data.consolidate import build_datasheet, consolidate, write_outputs
 from memeops.data.taxonomy import load_taxonomy
+from memeops.stage_context import StageContext
 from stages import run_stage
 
 
 def main() -> int:
-    params = load_params()
+    ctx = StageContext()
+    params = ctx.params
     taxonomy = load_taxonomy()
     result = consolidate(params.data, taxonomy, Path.cwd())
     sheet = build_datasheet(result, taxonomy)
-    write_outputs(result, sheet, Path(params.data.output_dir), Path("reports"))
+    write_outputs(result, sheet, Path(params.data.output_dir), ctx.reports)
     total = sheet["total"]
     print(f"consolidate: read {total['read']} = kept {total['kept']} + quarantined {total['quarantined']}")
     return 0

@@ -9,24 +9,21 @@ true captions: per meme in ``ocr.cer_output``, aggregated in ``reports/metrics/o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from memeops.config import load_params
 from memeops.data.ocr import run_ocr_stage, write_cer_rows, write_texts
 from memeops.data.taxonomy import load_taxonomy
+from memeops.stage_context import StageContext
 from stages import run_stage
-
-METRICS = Path("reports/metrics/ocr.json")
 
 
 def main() -> int:
-    params = load_params()
+    ctx = StageContext()
+    params = ctx.params
     result = run_ocr_stage(params.data, params.ocr, load_taxonomy(), Path.cwd())
     write_texts(result.texts, Path(params.data.ocr_texts))
     write_cer_rows(result.cer_rows, Path(params.ocr.cer_output))
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps(result.metrics, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    ctx.write_metrics("ocr", result.metrics, ensure_ascii=False)
     m = result.metrics
     cer = "; ".join(f"{name} CER raw {c['overall']['cer_raw']} / normalised {c['overall']['cer_normalized']} "
                     f"on {c['overall']['n']} {c['split']} memes" for name, c in m["cer"].items())

@@ -7,15 +7,17 @@ metrics file ``reports/synthmeme.json``.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from memeops.config import load_params
 from memeops.data.synth.generate import generate
+from memeops.stage_context import StageContext
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    params = load_params(argv[0] if argv else "params.yaml")
-    report = generate(params.synth, report_path="reports/synthmeme.json")
+    ctx = StageContext(params_path=Path(argv[0] if argv else "params.yaml"))
+    params = ctx.params
+    report = generate(params.synth, report_path=ctx.reports / "synthmeme.json")
     print(f"synth: {report['n_memes']} memes {report['n_per_split']} in {report['generation_seconds']} s "
           f"({report['memes_per_second']} memes/s) -> {params.synth.output_dir}")
     return 0

@@ -17,18 +17,12 @@ no checkpoint (see docs/ddp.md).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from memeops.config import load_params
-from memeops.data.features import FeatureConfig
-from memeops.data.mgmcf_inputs import RegionFeaturesConfig
-from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
+from memeops.stage_context import StageContext
 from memeops.training import distributed as ddp
-from memeops.training.experiment import TrainStageConfig
 from memeops.training.optim import resolve_device
-from memeops.training.variant_stage import follow_variant, run_variant
 from memeops.training.tuned import with_tuned
-from memeops.vision.extract import RegionsConfig
+from memeops.training.variant_stage import follow_variant, run_variant
 from stages import run_stage
 
 # Variants trained by a stage of their own in dvc.yaml (not the train@<variant> matrix).
@@ -39,29 +33,22 @@ def main() -> int:
     if len(sys.argv) != 2:
         raise ValueError("usage: python -m stages.train <variant>  (a key of params train.variants)")
     variant = sys.argv[1]
-    params = load_params()
-    cfg = params.section("train", TrainStageConfig)
+    ctx = StageContext()
+    cfg = ctx.train
     cfg.variant(variant)  # fail fast on an unknown variant
     cfg = with_tuned(cfg, [variant])  # stage tune's best params (docs/tuning.md); no file: unchanged
-    encoder_cfg = resolve_encoder_config(params.section("encoders.clip", ClipEncoderConfig))
-    inputs = {
-        "memes_path": Path(params.data.output_dir) / "memes.parquet",
-        "feature_dir": Path(params.section("features", FeatureConfig).cache_dir),
-        "region_features": params.section("region_features", RegionFeaturesConfig),
-        "regions": params.section("regions", RegionsConfig),
-    }
+    encoder_cfg = ctx.encoder_config
+    inputs = {"memes_path": ctx.memes_path, "feature_dir": ctx.feature_dir, **ctx.region_inputs()}
     # One process unless launched by torchrun / accelerate (WORLD_SIZE > 1): then the process group.
-    ctx = ddp.init_from_env(resolve_device(cfg.trainer_config(variant).device))
+    dist = ddp.init_from_env(resolve_device(cfg.trainer_config(variant).device))
     try:
-        if not ctx.is_main:
-            follow_variant(variant, cfg, encoder_cfg, ctx.rank, **inputs)
+        if not dist.is_main:
+            follow_variant(variant, cfg, encoder_cfg, dist.rank, **inputs)
             return 0
-        report = run_variant(
-            variant, cfg, encoder_cfg, validation_report=Path("reports/validation.json"),
-            stage=DVC_STAGES.get(variant, f"train@{variant}"), **inputs,
-        )  # fmt: skip
+        report = run_variant(variant, cfg, encoder_cfg, validation_report=ctx.validation_report,
+                             stage=DVC_STAGES.get(variant, f"train@{variant}"), **inputs)  # fmt: skip
     finally:
-        ddp.cleanup(ctx)
+        ddp.cleanup(dist)
     test = report.get("test", {})
     shown = ", ".join(f"{k} {v:.3f}" for k, v in test.items() if k.endswith("/auroc") and v is not None)
     print(f"train {variant}: seeds {report['seeds']}, registered seed {report['selection']['selected_seed']} "

@@ -9,25 +9,16 @@ with alias ``challenger`` (see memeops.vlm.experiment).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from memeops.config import load_params
-from memeops.data.features import FeatureConfig
-from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
+from memeops.stage_context import StageContext
 from memeops.vlm.experiment import VLMStageConfig, run_vlm_stage
 from stages import run_stage
 
 
 def main() -> int:
-    params = load_params()
-    cfg = params.section("vlm", VLMStageConfig)
-    tasks = cfg.tasks or params.model_dump(by_alias=True)["train"]["tasks"]
-    report = run_vlm_stage(
-        cfg, tasks, resolve_encoder_config(params.section("encoders.clip", ClipEncoderConfig)),
-        memes_path=Path(params.data.output_dir) / "memes.parquet",
-        feature_dir=Path(params.section("features", FeatureConfig).cache_dir),
-        validation_report=Path("reports/validation.json"),
-    )  # fmt: skip
+    ctx = StageContext()
+    cfg = ctx.section("vlm", VLMStageConfig)
+    report = run_vlm_stage(cfg, cfg.tasks or ctx.tasks, ctx.encoder_config, memes_path=ctx.memes_path,
+                           feature_dir=ctx.feature_dir, validation_report=ctx.validation_report)  # fmt: skip
     test = report.get("test", {})
     print(f"train_vlm ({cfg.regime}): test mean macro-F1 {test.get('mean/macro_f1')}, "
           f"invalid {test.get('all/invalid_rate')}, ROUGE-L {test.get('all/rouge_l')}; {report['seconds']} s")  # fmt: skip

@@ -8,30 +8,26 @@ stderr, one line), 2 unusable params or missing input.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from memeops.config import load_params
-from memeops.data.consolidate import read_memes
 from memeops.data.taxonomy import load_taxonomy
 from memeops.data.validate import failure_message, validate_memes
+from memeops.stage_context import StageContext
 from stages import run_stage
-
-REPORT_DIR = Path("reports")
 
 
 def main() -> int:
-    params = load_params()
-    source = Path(params.data.output_dir) / "memes.parquet"
+    ctx = StageContext()
+    params, source = ctx.params, ctx.memes_path
     if not source.is_file():
         raise FileNotFoundError(f"{source}: consolidated table not found (run stage consolidate first)")
-    report = validate_memes(read_memes(source), params.validate_, params.data.leakage.policy, load_taxonomy())
-    REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    (REPORT_DIR / "validation.json").write_text(report.to_json() + "\n", encoding="utf-8")
-    (REPORT_DIR / "validation.md").write_text(report.to_markdown(), encoding="utf-8")
+    report = validate_memes(ctx.memes(), params.validate_, params.data.leakage.policy, load_taxonomy())
+    ctx.reports.mkdir(parents=True, exist_ok=True)
+    ctx.validation_report.write_text(report.to_json() + "\n", encoding="utf-8")
+    (ctx.reports / "validation.md").write_text(report.to_markdown(), encoding="utf-8")
     if not report.success:
         print(failure_message(report), file=sys.stderr)
         return 1
-    print(f"{report.headline()} ({source}; report in {REPORT_DIR / 'validation.md'})")
+    print(f"{report.headline()} ({source}; report in {ctx.reports / 'validation.md'})")
     return 0
 
 
