@@ -38,6 +38,8 @@ from memeops.data.features import BatchedDataset, FeatureStore, content_keys, me
 from memeops.models.base import TaskSpec, batch_targets
 from memeops.models.region_cnn import RegionCNN, RegionCNNConfig, build_region_cnn
 from memeops.models.text_encoders import TextEncoderConfig, TextFeatures, TextTokenEncoder, load_text_encoder
+from memeops.threads import torch_threads
+from memeops.vision.regions import RegionStore
 
 
 class MgmcfInputsConfig(BaseModel):
@@ -154,6 +156,30 @@ def encode_regions(keys: list[str], crops: np.ndarray | Tensor, boxes: Any, scor
                           torch.as_tensor(np.asarray(scores), dtype=torch.float32), valid_t,
                           torch.full((n, k), -1, dtype=torch.long) if classes is None
                           else torch.as_tensor(np.asarray(classes), dtype=torch.long).masked_fill(~valid_t, -1))  # fmt: skip
+
+
+def encode_region_views(cfg: RegionFeaturesConfig, views_root: Path, cnn: RegionCNN) -> dict[str, Any]:
+    """Stage ``region_features``: every view of ``cfg.views`` (stage regions' crops under
+    ``views_root/<view>``) encoded with ``cnn`` into its cache file, on ``cfg.threads`` torch threads;
+    returns the stage's metrics (per view: images, regions, seconds, regions/s, file)."""
+    report: dict[str, Any] = {"cnn": cnn.spec_key, "dim": cnn.dim, "patches_per_region": cnn.patches_per_region}
+    total_start = time.perf_counter()
+    with torch_threads(cfg.threads):
+        for view in cfg.views:
+            start = time.perf_counter()
+            store = RegionStore(views_root / view)
+            regions = store.get(store.keys())
+            rf = encode_regions(regions.keys, regions.crops, regions.boxes, regions.scores, regions.valid, cnn,
+                                regions.classes)  # fmt: skip
+            path = save_region_features(region_features_path(cfg.cache_dir, cnn.spec_key, view), rf,
+                                        {"view": view, "cnn": cnn.spec_key})  # fmt: skip
+            seconds = time.perf_counter() - start
+            crops = int(regions.valid.sum())
+            report[view] = {"images": len(regions), "regions": crops, "seconds": round(seconds, 2),
+                            "regions_per_s": round(2 * crops / max(seconds, 1e-9), 1), "file": str(path)}  # fmt: skip
+            print(f"region_features {view}: {len(regions)} images, {crops} regions in {seconds:.1f}s")
+    report["seconds"] = round(time.perf_counter() - total_start, 2)
+    return report
 
 
 def mirror_boxes(boxes: Tensor) -> Tensor:
