@@ -6,8 +6,9 @@ without object-level features, with concatenation instead of CAP, ...; GatedCLIP
 projection or alignment term; the baselines) is trained once per seed under its group's protocol,
 selected on VAL and scored once on TEST (:mod:`memeops.training.ablate`); the statistics, mechanism
 checks, GatedCLIP gate diagnostics and MGMCF robustness curve come from :mod:`memeops.stats` and
-:mod:`memeops.evaluation.ablation`, the report files from :mod:`memeops.reporting.ablation`. Tuned
-params (``reports/tuning/<variant>.json``) apply to the arms built from a tuned variant, as they do in
+:mod:`memeops.evaluation.ablation`, the report files from :mod:`memeops.reporting.ablation`, the
+orchestration from :mod:`memeops.training.ablate_stage`. Tuned params
+(``reports/tuning/<variant>.json``) apply to the arms built from a tuned variant, as they do in
 stage ``train``.
 
 Writes ``reports/ablations.csv`` / ``.md`` (what the report page shows), ``reports/ablate/runs.csv``
@@ -20,170 +21,29 @@ files; each (arm, seed) run is a child run with its overrides and test metrics.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
-from pathlib import Path
-from typing import Any
 
-import pandas as pd
-
-from memeops.config import ConfigError, load_params
-from memeops.data.features import FeatureConfig
-from memeops.data.mgmcf_inputs import RegionFeaturesConfig
-from memeops.models.base import TaskSpec
-from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config
-from memeops.stats import ArmRun
-from memeops.training.ablate import AblateConfig, AblationData, ArmJob, build_jobs, ordered_runs, run_jobs
-from memeops.training.experiment import TrainStageConfig
+from memeops.stage_context import StageContext
+from memeops.training.ablate import AblateConfig, AblationData, build_jobs
+from memeops.training.ablate_stage import arm_variants, run_ablation
 from memeops.training.tuned import with_tuned
-from memeops.vision.extract import RegionsConfig
 from stages import run_stage
-
-REPORTS = Path("reports")
-FIGURES = REPORTS / "figures" / "ablate"
-PLOTS = REPORTS / "plots" / "ablate"
-RUNS_CSV = REPORTS / "ablate" / "runs.csv"
-METRICS_OUT = REPORTS / "metrics" / "ablate.json"
-PREDICTIONS = Path("data/ablate/predictions.parquet")
-def _fresh(*dirs: Path) -> None:
-    for d in dirs:  # DVC removes declared outs before a run; a manual run must not mix old files in
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True, exist_ok=True)
 
 
 def main() -> int:
     start = time.perf_counter()
-    params = load_params()
-    cfg = params.section("ablate", AblateConfig)
-    train = params.section("train", TrainStageConfig)
-    used = {arm.variant or group.base for group in cfg.groups.values() for arm in group.arms.values()}
-    train = with_tuned(train, used)  # stage tune's best params, for every variant an arm is built from
+    ctx = StageContext()
+    cfg = ctx.section("ablate", AblateConfig)
+    train = with_tuned(ctx.train, arm_variants(cfg))  # stage tune's best params, for every variant of an arm
     jobs = build_jobs(cfg, train)
-    data = AblationData(
-        memes_path=Path(params.data.output_dir) / "memes.parquet",
-        feature_dir=Path(params.section("features", FeatureConfig).cache_dir),
-        encoder_cfg=resolve_encoder_config(params.section("encoders.clip", ClipEncoderConfig)),
-        region_features=params.section("region_features", RegionFeaturesConfig),
-        regions=params.section("regions", RegionsConfig),
-    )
-    if not data.memes_path.is_file():
-        raise FileNotFoundError(f"{data.memes_path}: no meme table (run stage consolidate first)")
+    data = AblationData(memes_path=ctx.memes_path, feature_dir=ctx.feature_dir, encoder_cfg=ctx.encoder_config,
+                        **ctx.region_inputs())  # fmt: skip
+    ctx.require_memes()
     print(f"ablate: {len(jobs)} runs ({len(cfg.groups)} groups x arms x {len(cfg.seeds)} seeds) "
           f"on {cfg.workers} worker process(es)", flush=True)  # fmt: skip
-
-    def progress(job: Any, run: Any, n_done: int) -> None:
-        print(f"ablate [{n_done:>3}/{len(jobs)}] {job.group}/{job.arm} seed {job.seed}: best epoch "
-              f"{run.best_epoch}, {run.seconds:.1f} s", flush=True)  # fmt: skip
-
-    from memeops.data.consolidate import read_memes
-    from memeops.tracking.runs import file_md5, tracked_run
-    from memeops.training.experiment import trainable_specs
-
-    memes = read_memes(data.memes_path)
-    specs = {s.name: s for s in trainable_specs(memes, train.tasks)[0]}
-    check_metric_names(cfg, specs)  # a typo fails now, not after the training
-    digest = file_md5(data.memes_path)
-    with tracked_run(experiment=train.experiment, run_name="ablate", stage="ablate", variant=None, seed=None,
-                     data_digest=digest, params={"ablate": cfg.model_dump(mode="json")},
-                     system_metrics=False):  # fmt: skip
-        runs = ordered_runs(run_jobs(jobs, data, workers=cfg.workers, split=cfg.split, on_done=progress), cfg)
-        # image paths are relative to their source_root, itself relative to the project root (cwd)
-        written, metrics = write_outputs(cfg, runs, specs, memes, image_root=Path("."),
-                                region_slots=region_slots(cfg, train))
-        log_to_mlflow(cfg, runs, jobs, specs, digest, written, metrics)
+    runs, written = run_ablation(cfg, train, jobs, data, experiment=ctx.experiment, reports=ctx.reports)
     print(f"ablate: {len(runs)} runs, wrote {len(written)} files ({time.perf_counter() - start:.1f} s)")
     return 0
-
-
-def check_metric_names(cfg: AblateConfig, specs: dict[str, TaskSpec]) -> None:
-    """Every metric of ``ablate.metrics`` and of the claims names a task the runs will have; else a
-    one-line :class:`ConfigError` (``run_stage`` prints it, exit 2)."""
-    from memeops.stats import parse_metric
-
-    for metric in [*cfg.metrics, *(c.metric for c in cfg.claims)]:
-        try:
-            parse_metric(metric, specs)
-        except ValueError as exc:
-            raise ConfigError(f"params.yaml ablate: {exc}") from exc
-
-
-def region_slots(cfg: AblateConfig, train: TrainStageConfig) -> slice | None:
-    """Where the region tokens sit in MGMCF's attention: after the T text tokens and the image token,
-    to the end (K differs between region views; arms without object-level features have none)."""
-    if cfg.robustness is None:
-        return None
-    base = train.variant(cfg.groups[cfg.robustness.group].base)
-    if base.model != "mgmcf":
-        return None
-    from memeops.data.mgmcf_inputs import MgmcfInputsConfig
-
-    text_len = MgmcfInputsConfig.model_validate(base.inputs).text_encoder.max_length
-    return slice(text_len + 1, None)
-
-
-def write_outputs(cfg: AblateConfig, runs: list[ArmRun], specs: dict[str, TaskSpec], memes: pd.DataFrame,
-                  image_root: Path, region_slots: slice | None = None) -> tuple[list[Path], dict[str, Any]]:  # fmt: skip
-    """The statistics, checks, diagnostics and every declared output; returns the written paths and
-    the dvc metrics (``reports/metrics/ablate.json``)."""
-    from memeops import stats
-    from memeops.evaluation import ablation as ab
-    from memeops.reporting import ablation as report
-    from memeops.training.ablate import predictions_long, runs_frame
-
-    summary = stats.summarise(runs, specs, cfg.metrics, references={g: grp.reference for g, grp in cfg.groups.items()},
-                              n_boot=cfg.n_boot, seed=cfg.bootstrap_seed, confidence=cfg.confidence)  # fmt: skip
-    claims = ab.check_claims(runs, specs, [c.model_dump() for c in cfg.claims], n_boot=cfg.n_boot,
-                             seed=cfg.bootstrap_seed, confidence=cfg.confidence)  # fmt: skip
-    _fresh(FIGURES, PLOTS, RUNS_CSV.parent, PREDICTIONS.parent)
-    gate = robustness = None
-    if cfg.gate is not None:
-        gate_runs = [r for r in runs if r.group == cfg.gate.group and r.arm == cfg.gate.arm]
-        gate = ab.gate_report(gate_runs, specs, cfg.gate.tasks, memes, image_root, cfg.gate.examples)
-    if cfg.robustness is not None:
-        rob = cfg.robustness
-        group_runs = [r for r in runs if r.group == rob.group]
-        robustness = ab.robustness_report(group_runs, specs, summary, rob.levels, rob.fallback, rob.metric,
-                                          rob.group, region_slots, n_boot=cfg.n_boot, seed=cfg.bootstrap_seed,
-                                          confidence=cfg.confidence)  # fmt: skip
-    descriptions = {f"{g}/{a}": arm.description for g, grp in cfg.groups.items() for a, arm in grp.arms.items()}
-    written = report.write_ablation_reports(summary, claims, REPORTS, headline=cfg.metrics[0], gate=gate,
-                                            robustness=robustness, figures_dir=FIGURES, plots_dir=PLOTS,
-                                            descriptions=descriptions)  # fmt: skip
-    runs_frame(runs).to_csv(RUNS_CSV, index=False)
-    predictions_long(runs).to_parquet(PREDICTIONS, index=False)
-    METRICS_OUT.parent.mkdir(parents=True, exist_ok=True)
-    metrics = report.ablation_metrics_json(summary, claims)
-    METRICS_OUT.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n",
-                           encoding="utf-8")  # fmt: skip
-    return [*written, RUNS_CSV, PREDICTIONS, METRICS_OUT], metrics
-
-
-def log_to_mlflow(cfg: AblateConfig, runs: list[ArmRun], jobs: list[ArmJob], specs: dict[str, TaskSpec],
-                  digest: str, written: list[Path], metrics: dict[str, Any]) -> None:  # fmt: skip
-    """Child runs of the active (parent) run, one per arm and seed: overrides, test metrics, best
-    epoch; then the summary metrics and the written files on the parent."""
-    import mlflow
-
-    from memeops.evaluation.metrics import all_metrics
-    from memeops.tracking.runs import flatten_params, lineage_tags, log_metrics
-
-    by_key = {(j.group, j.arm, j.seed): j for j in jobs}
-    for run in runs:
-        job = by_key[(run.group, run.arm, run.seed)]
-        vcfg = job.train.variant(job.variant)
-        tags = lineage_tags(stage="ablate", variant=job.variant, seed=run.seed, data_digest=digest)
-        tags.update({"memeops.ablation_group": run.group, "memeops.ablation_arm": run.arm})
-        with mlflow.start_run(run_name=f"{run.group}/{run.arm}/seed{run.seed}", nested=True, tags=tags):
-            mlflow.log_params(flatten_params({"variant": job.variant, "model": vcfg.model, "config": vcfg.config,
-                                              "inputs": vcfg.inputs, "trainer": vcfg.trainer}))  # fmt: skip
-            run_specs = [specs[t] for t in run.predictions.probs if t in specs]
-            log_metrics({cfg.split: all_metrics(run.predictions, run_specs), "best_epoch": run.best_epoch,
-                         "seconds": run.seconds})  # fmt: skip
-    log_metrics(metrics)
-    for path in written:
-        if path.is_file() and path.suffix in {".csv", ".md", ".json", ".png"}:
-            mlflow.log_artifact(str(path), artifact_path="ablate")
 
 
 if __name__ == "__main__":

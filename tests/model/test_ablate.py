@@ -123,7 +123,7 @@ def test_runs_are_scored_on_test_aligned_by_meme_and_deterministic(tmp_path: Pat
 def test_a_metric_the_tasks_cannot_have_is_a_one_line_config_error() -> None:
     from memeops.config import ConfigError
     from memeops.models.base import TaskSpec
-    from stages.ablate import check_metric_names
+    from memeops.training.ablate_stage import check_metric_names
 
     specs = {"hateful": TaskSpec("hateful", "single", ("no", "yes")),
              "sentiment": TaskSpec("sentiment", "single", ("negative", "neutral", "positive"))}  # fmt: skip
