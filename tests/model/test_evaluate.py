@@ -376,7 +376,7 @@ def test_stage_writes_reports_and_logs_a_run(monkeypatch: pytest.MonkeyPatch, tm
     _memes().to_parquet(tmp_path / "data" / "consolidated" / "memes.parquet", index=False)
     (tmp_path / "params.yaml").write_text(
         "data:\n  sources: [{name: synthmeme, format: synthmeme, path: data/synthmeme}]\n"
-        "train:\n  experiment: test-evaluate-stage\n"
+        "train:\n  experiment: test-evaluate-stage\n  tasks: [hateful, sentiment]\n  variants: {}\n"
         f"evaluate:\n  variants: [{variant}]\n  n_boot: 40\n  seed: 1\n", encoding="utf-8")  # fmt: skip
     import stages.evaluate as stage
 
