@@ -34,8 +34,9 @@ from typing import Any
 
 from prefect import flow, task
 
-from memeops.config import load_params
+from memeops.stage_context import StageContext
 from memeops.training.tune import run_parallel, worker_command
+from memeops.training.tune_stage import tune_job
 
 PARALLEL_FILE_STORAGE = "journal:.cache/optuna/{variant}.journal"
 
@@ -76,10 +77,7 @@ def tune_flow(
     plots_dir: str = "reports/plots/tune",
 ) -> dict[str, Any]:
     """Tune ``variant`` with ``n_workers`` processes on one shared study; returns the tuning report."""
-    from stages.tune import job_from_params
-
-    params = load_params(params_path)
-    job = job_from_params(variant, params)
+    job = tune_job(variant, StageContext(params_path=Path(params_path)))
     tune = job.tune.model_copy(update={"n_trials": n_trials} if n_trials else {})
     job = job.with_(tune=tune, storage=parallel_storage(storage, tune.storage))
     report = run_parallel(job, n_workers=n_workers, output=Path(output_dir) / f"{variant}.json",
