@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from memeops.stage_context import StageContext
 
@@ -82,3 +83,11 @@ def test_write_metrics_writes_sorted_indented_json(tmp_path: Path) -> None:
     assert path.read_text(encoding="utf-8") == '{\n  "a": "é",\n  "b": 1\n}\n'
     assert json.loads(ctx.write_metrics("y", {"b": 1, "a": 2}, sort_keys=False).read_text()) == {"b": 1, "a": 2}
     assert list(json.loads((tmp_path / "reports" / "metrics" / "y.json").read_text())) == ["b", "a"]
+
+
+def test_every_code_dep_in_dvc_yaml_exists() -> None:
+    """A dep on a moved or deleted module makes ``dvc repro`` fail in every fresh copy (CI did once)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    missing = sorted(f"{name}: {dep}" for name, stage in stages.items() for dep in stage.get("deps", [])
+                     if isinstance(dep, str) and dep.startswith(("src/", "stages/")) and not (REPO / dep).exists())  # fmt: skip
+    assert not missing, f"dvc.yaml deps that do not exist: {missing}"

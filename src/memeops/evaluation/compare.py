@@ -22,12 +22,51 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from memeops.models.base import TaskSpec
 from memeops.stats import ArmRun, arm_stats, bootstrap_group, holm, paired_comparison
+from memeops.training.seed_runs import runs_from_table
 
 COMPARISON_COLUMNS = ("variant", "task", "metric", "n_seeds", "mean", "std", "ci_low", "ci_high",
                       "best", "delta_vs_best", "p_value", "p_holm", "significant")  # fmt: skip
+
+
+class CompareConfig(BaseModel):
+    """``params.compare``: the variants side by side, the table's metric, the bootstrap and test level."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variants: list[str] = Field(default_factory=lambda: ["gatedclip", "gatedclip_mt", "mgmcf", "vlm"])
+    split: str = "test"
+    metric: str = "macro_f1"
+    n_boot: int = Field(1000, ge=100)
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+def read_seed_predictions(folder: str | Path, variants: Sequence[str], split: str, specs: Mapping[str, TaskSpec],
+                          meme_ids: Sequence[str]) -> tuple[list[ArmRun], dict[str, list[str]]]:  # fmt: skip
+    """Every variant's seeds from ``<folder>/<variant>.parquet`` (stage train's per-seed predictions), as
+    runs aligned to ``meme_ids``, and the tasks each variant was trained on. A missing file: one line."""
+    runs: list[ArmRun] = []
+    variant_tasks: dict[str, list[str]] = {}
+    for variant in variants:
+        path = Path(folder) / f"{variant}.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"no predictions {path} for variant {variant!r} (has its stage run?)")
+        table = pd.read_parquet(path)
+        runs += runs_from_table(table.assign(arm=variant), split, specs, meme_ids, group="compare")
+        variant_tasks[variant] = sorted(set(table["task"]))
+    return runs, variant_tasks
+
+
+def comparison_markdown(long: pd.DataFrame, cfg: CompareConfig) -> str:
+    """``reports/comparison.md``: the wide table of :func:`wide_table` with what its marks mean."""
+    return (f"# {cfg.metric} per task on {cfg.split}: mean ± std over seeds [95% interval over seeds and memes]\n\n"
+            "Written by stage `compare`. Each model is selected on val and scores test once per seed. `*`: below "
+            f"the row's best variant by a paired bootstrap test over seeds and memes, Holm-adjusted p < {cfg.alpha}. "
+            "The mean row compares only variants trained on every task. Every row with its p-values: "
+            "`reports/comparison.csv`.\n\n" + markdown_table(wide_table(long, cfg.metric)) + "\n")  # fmt: skip
 
 
 def read_reports(folder: str | Path, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
