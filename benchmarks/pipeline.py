@@ -15,9 +15,9 @@
    per stage, plus DVC's start-up each time: about 2 s a stage here).
 3. Runs ``dvc repro`` once more and times it: the no-op run, which must run no stage (checked; a
    stage that re-ran makes the command fail after the results are written).
-4. Reads the copy's outputs: feature extraction images/s (``reports/metrics/features.json``),
-   training samples/s per variant (``reports/metrics/<variant>.json``; the VLM's tokens/s from
-   ``reports/metrics/vlm.json``), and the MLflow registry (models, versions, aliases).
+4. Reads the copy's outputs: feature extraction images/s (the features stage's summary line in
+   the logs), training samples/s per variant and the VLM's tokens/s (the copy's MLflow runs: the
+   DVC outs hold no timings), and the MLflow registry (models, versions, aliases).
 
 Merges the sections ``machine``, ``pipeline``, ``features``, ``training`` and ``registry`` into
 ``reports/bench.json`` (other keys kept) and prints the stage table. The budget (20 minutes for the
@@ -269,25 +269,39 @@ def _num(value: Any, digits: int = 1) -> float | None:
     return None
 
 
-def collect_features(project: Path, stage_seconds: float | None = None) -> dict[str, Any]:
-    """Feature extraction throughput from ``reports/metrics/features.json``: ``images_per_s`` counts
-    computed images (each with its flipped copy and its caption) per second of encoding; when the
-    stage computed nothing it is null, and ``computed / seconds`` stands in only if something was."""
+#: The features stage's summary line (``stages/features.py``): its encoder throughput. Timings are not
+#: in the stage's metrics file (a DVC out must repeat byte for byte), so the bench reads the log.
+FEATURES_LINE = re.compile(r"^features: (\d+) computed, (\d+) cached, ([0-9.]+) images/s", re.MULTILINE)
+
+
+def features_rate_from_logs(logs: Path | None) -> float | None:
+    """The images/s of the features stage's summary line in the run's logs (None: not found or 0)."""
+    for path in sorted(Path(logs).glob("*.log")) if logs is not None and Path(logs).is_dir() else []:
+        found = FEATURES_LINE.findall(path.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            return _num(float(found[-1][2])) or None
+    return None
+
+
+def collect_features(project: Path, stage_seconds: float | None = None, logs: Path | None = None) -> dict[str, Any]:
+    """Feature extraction from ``reports/metrics/features.json`` (counts) and the stage's summary
+    line in ``logs`` (``images_per_s``: computed images, each with its flipped copy and its caption,
+    per second of encoding). When the stage computed nothing it is null; without the line,
+    ``computed / stage seconds`` (process start and model load included) stands in if something was."""
     metrics = _read_json(project / "reports" / "metrics" / "features.json")
     if metrics is None:
         return {}
-    rate = _num(metrics.get("images_per_s"))
-    computed, seconds = metrics.get("computed"), metrics.get("seconds")
-    source = "features.json images_per_s"
-    if rate is None and computed and seconds:
-        rate, source = _num(computed / seconds), "computed / seconds"
+    computed = metrics.get("computed")
+    rate = features_rate_from_logs(logs) if computed else None
+    source = "features stage summary line"
+    if rate is None and computed and stage_seconds:
+        rate, source = _num(computed / stage_seconds), "computed / stage seconds"
     out = {
         "images_per_s": rate,
         "images_per_s_source": source if rate is not None else None,
         "computed": computed,
         "cached": metrics.get("cached"),
         "total": metrics.get("total"),
-        "seconds": _num(seconds, 2),
         "spec_key": metrics.get("spec_key"),
     }
     if stage_seconds is not None:
@@ -307,25 +321,51 @@ def trained_variants(order: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
-def collect_training(project: Path, variants: list[str], stage_seconds: Mapping[str, float] | None = None
-                     ) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Per variant: training samples/s (mean over epochs, from the trainer), epochs; for the VLM its
-    tokens/s per model (``models.<name>.train_tokens_per_s``) and an approximate samples/s
-    (train samples x epochs / fit seconds, which include the per-epoch val loss)."""
+def run_timings(project: Path) -> dict[str, dict[str, float]]:
+    """Per variant, the timings its training logged to the copy's MLflow store (they are not in the
+    DVC outs): the mean over its runs of each timing metric (``fit/train_samples_per_s`` of every
+    seed run; the VLM's ``models/<name>/train_tokens_per_s`` and ``models/<name>/fit_seconds``)."""
+    if not (project / "mlflow.db").is_file():
+        return {}
+    from mlflow import MlflowClient
+
+    from memeops.timing import is_timing_key
+    from memeops.tracking.runs import TAG_VARIANT
+
+    uri = runtime.default_tracking_uri(project)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    values: dict[str, dict[str, list[float]]] = {}
+    for experiment in client.search_experiments():
+        for run in client.search_runs([experiment.experiment_id], max_results=5000):
+            variant = run.data.tags.get(TAG_VARIANT)
+            for key, value in run.data.metrics.items() if variant else ():
+                if is_timing_key(key):
+                    values.setdefault(variant, {}).setdefault(key, []).append(value)
+    return {v: {k: sum(xs) / len(xs) for k, xs in sorted(m.items())} for v, m in sorted(values.items())}
+
+
+def collect_training(project: Path, variants: list[str], stage_seconds: Mapping[str, float] | None = None,
+                     timings: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Per variant: epochs from ``reports/metrics/<variant>.json``; training samples/s (mean over
+    seeds of the trainer's mean over epochs) from ``timings`` (default :func:`run_timings`: the
+    copy's MLflow runs); for the VLM its tokens/s per model and an approximate samples/s (train
+    samples x epochs / fit seconds, which include the per-epoch val loss)."""
     stage_seconds = stage_seconds or {}
+    timings = run_timings(project) if timings is None else timings
     out: dict[str, dict[str, Any]] = {}
     for variant in variants:
         metrics = _read_json(project / "reports" / "metrics" / f"{variant}.json")
         if metrics is None:
             out[variant] = {"missing": True}
             continue
+        logged = timings.get(variant, {})
         entry: dict[str, Any] = {}
         if "models" in metrics:  # the VLM
             models = {
                 name: {
-                    "train_tokens_per_s": _num(m.get("train_tokens_per_s")),
+                    "train_tokens_per_s": _num(logged.get(f"models/{name}/train_tokens_per_s")),
                     "epochs": m.get("epochs"),
-                    "fit_seconds": _num(m.get("fit_seconds")),
+                    "fit_seconds": _num(logged.get(f"models/{name}/fit_seconds")),
                 }
                 for name, m in (metrics.get("models") or {}).items()
             }
@@ -345,7 +385,7 @@ def collect_training(project: Path, variants: list[str], stage_seconds: Mapping[
             else:
                 entry["train_samples_per_s"] = None
         else:
-            entry["train_samples_per_s"] = _num(metrics.get("train_samples_per_s"))
+            entry["train_samples_per_s"] = _num(logged.get("fit/train_samples_per_s"))
             entry["epochs_run"] = metrics.get("epochs_run")
             entry["best_epoch"] = metrics.get("best_epoch")
         stage = (
@@ -517,7 +557,7 @@ def run(
         sections = {
             "machine": machine,
             "pipeline": pipeline,
-            "features": collect_features(project, stage_seconds.get("features")),
+            "features": collect_features(project, stage_seconds.get("features"), logs),
             "training": collect_training(project, trained_variants(plan.order), stage_seconds),
             "registry": collect_registry(project),
         }

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
@@ -53,6 +54,53 @@ def state_dir() -> Path:
 def venv_bin() -> Path:
     """The bin folder of the interpreter running the tests (the project's .venv under make test)."""
     return Path(sys.executable).parent
+
+
+#: params.yaml overrides of a tiny project copy: the whole pipeline in minutes (test_pipeline_e2e,
+#: test_deterministic_outs).
+TINY_PARAMS: dict[str, Any] = {
+    "synth": {"n_memes": 150, "image_size": 128, "workers": 1},
+    "data": {"workers": 1},
+    "validate": {"min_class_count": 1},
+    "pretrain_clip": {"epochs": 1, "batch_size": 32},
+    "encoders": {"clip": {"image_size": 64, "embed_dim": 64}},
+    "train": {"trainer": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "bootstrap_samples": 20, "seeds": [0, 1],
+              "variants": {"gatedclip": {"trainer": {"epochs": 2, "patience": 2}},
+                           "mgmcf": {"trainer": {"epochs": 2, "patience": 2}}}},
+    "ocr": {"workers": 1, "cer_sample": 6},
+    "detector": {"imgsz": 64, "yolo": {"epochs": 1, "batch": 16}},
+    "tune": {"n_trials": 2, "epochs": 2, "n_startup_trials": 1, "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1}},
+    "vlm": {"bootstrap_samples": 20, "trainer": {"epochs": 1, "vocab_size": 600, "generate_samples": 8,
+                                                 "max_new_tokens": 12, "model": {"hidden": 32, "intermediate": 64}}},
+    "ablate": {"seeds": [0, 1], "n_boot": 100, "groups": {"mgmcf": {"trainer": {"epochs": 2, "patience": 2}},
+                                                         "gatedclip": {"trainer": {"epochs": 2, "patience": 2}}}},
+}
+
+
+def deep_update(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra`` merged into it recursively (in place); returns ``base``."""
+    for key, value in extra.items():
+        base[key] = deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def make_tiny_project(dest: Path) -> Path:
+    """Copy the project's code (dvc.yaml, stages/, src/) into ``dest`` with params.yaml shrunk by
+    :data:`TINY_PARAMS`; no data, models or caches. ``dvc init --no-scm`` is left to the caller."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "stages", "src"):
+        src = REPO_ROOT / name
+        (shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+         if src.is_dir() else shutil.copy2(src, dest / name))  # fmt: skip
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(deep_update(params, TINY_PARAMS), sort_keys=False))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_project() -> Callable[[Path], Path]:
+    """:func:`make_tiny_project`: a tiny copy of the project to run ``dvc repro`` in."""
+    return make_tiny_project
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from memeops.config import Params, TrainStageConfig, load_params
+from memeops.timing import without_timings
 from memeops.tracking.runs import file_md5, tracked_run
 
 if TYPE_CHECKING:
@@ -157,10 +158,14 @@ class StageContext:
 
     def write_metrics(self, name: str, payload: Any, **dumps: Any) -> Path:
         """Write ``reports/metrics/<name>.json`` (indented, keys sorted unless ``sort_keys=False``;
-        other ``json.dumps`` options in ``dumps``) and return its path."""
+        other ``json.dumps`` options in ``dumps``) and return its path.
+
+        Timings and rates (:func:`memeops.timing.is_timing_key`: ``seconds``, ``images_per_s``, ...)
+        are dropped at any depth: the file is a DVC out and must repeat byte for byte; the stage
+        prints them in its summary line or logs them to its MLflow run."""
         path = self.metrics_dir / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         options = {"indent": 2, "sort_keys": True} | dumps
-        path.write_text(json.dumps(payload, **options) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(without_timings(payload), **options) + "\n", encoding="utf-8")
         return path
 

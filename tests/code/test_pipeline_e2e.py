@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -21,30 +21,7 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-TINY_PARAMS = {
-    "synth": {"n_memes": 150, "image_size": 128, "workers": 1},
-    "data": {"workers": 1},
-    "validate": {"min_class_count": 1},
-    "pretrain_clip": {"epochs": 1, "batch_size": 32},
-    "encoders": {"clip": {"image_size": 64, "embed_dim": 64}},
-    "train": {"trainer": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "bootstrap_samples": 20, "seeds": [0, 1],
-              "variants": {"gatedclip": {"trainer": {"epochs": 2, "patience": 2}},
-                           "mgmcf": {"trainer": {"epochs": 2, "patience": 2}}}},
-    "ocr": {"workers": 1, "cer_sample": 6},
-    "detector": {"imgsz": 64, "yolo": {"epochs": 1, "batch": 16}},
-    "tune": {"n_trials": 2, "epochs": 2, "n_startup_trials": 1, "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1}},
-    "vlm": {"bootstrap_samples": 20, "trainer": {"epochs": 1, "vocab_size": 600, "generate_samples": 8,
-                                                 "max_new_tokens": 12, "model": {"hidden": 32, "intermediate": 64}}},
-    "ablate": {"seeds": [0, 1], "n_boot": 100, "groups": {"mgmcf": {"trainer": {"epochs": 2, "patience": 2}},
-                                                         "gatedclip": {"trainer": {"epochs": 2, "patience": 2}}}},
-}
 VARIANTS = ("gatedclip", "gatedclip_mt", "text_only", "image_only", "average", "concat", "align", "cross", "mgmcf")
-
-
-def _deep_update(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        base[key] = _deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
-    return base
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -52,15 +29,8 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def project_copy(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    dest = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", "stages", "src"):
-        src = repo_root / name
-        (shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-         if src.is_dir() else shutil.copy2(src, dest / name))
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    (dest / "params.yaml").write_text(yaml.safe_dump(_deep_update(params, TINY_PARAMS), sort_keys=False))
-    return dest
+def project_copy(tmp_path_factory: pytest.TempPathFactory, tiny_project: Callable[..., Path]) -> Path:
+    return tiny_project(tmp_path_factory.mktemp("project"))
 
 
 def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, str], tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from memeops.config import TrainStageConfig
 from memeops.data.features import FeatureStore
+from memeops.timing import is_timing_key
 from memeops.training.ablate import (
     AblateConfig,
     ArmWorker,
@@ -115,7 +116,8 @@ def test_runs_are_scored_on_test_aligned_by_meme_and_deterministic(tmp_path: Pat
     ordered = ordered_runs(runs, cfg)
     assert [(r.arm, r.seed) for r in ordered] == [(a, s) for a in ("full", "no_gate", "text_only") for s in (0, 1)]
     frame = runs_frame(ordered)
-    assert list(frame.columns[:5]) == ["group", "arm", "seed", "best_epoch", "seconds"] and len(frame) == 6
+    assert list(frame.columns[:4]) == ["group", "arm", "seed", "best_epoch"] and len(frame) == 6
+    assert not [c for c in frame.columns if is_timing_key(c)]  # a DVC out: no wall-clock column
     long = predictions_long(ordered)
     assert len(long) == 6 * 2 * 20 and set(long["task"]) == {"hateful", "sentiment"}
 

@@ -49,7 +49,8 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
     seed: int = 0
     num_workers: int = Field(0, ge=0)
-    threads: int = Field(1, ge=0, description="torch intra-op threads while fitting (0: torch default)")
+    threads: int = Field(1, ge=1, description="torch intra-op threads while fitting: a fixed count, not the "
+                         "machine's cores (the split of float sums per thread changes the weights)")
     log_every: int = Field(50, ge=0, description="log the running train loss every N steps (0: never)")
 
     @model_validator(mode="after")
@@ -86,7 +87,7 @@ class TrainerOverrides(BaseModel):
     device: str | None = None
     seed: int | None = None
     num_workers: int | None = Field(None, ge=0)
-    threads: int | None = Field(None, ge=0)
+    threads: int | None = Field(None, ge=1)
     log_every: int | None = Field(None, ge=0)
 
     @model_serializer(mode="wrap")

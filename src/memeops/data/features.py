@@ -34,13 +34,13 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from safetensors.numpy import load_file as load_numpy
-from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from memeops.models.base import TaskSpec, batch_targets
 from memeops.models.clip import ClipEncoder, torch_threads
+from memeops.safetensors_io import save_tensors
 
 INDEX_FILE, SPEC_FILE = "index.json", "spec.json"
 TENSORS = ("image", "image_flip", "text")
@@ -141,7 +141,7 @@ def _write_shard(folder: Path, keys: list[str], arrays: dict[str, Tensor], spec_
     name = f"shard_{_next_shard_number(folder):05d}.safetensors"
     tmp = folder / (name + ".tmp")
     tensors = {k: arrays[k].contiguous().float() for k in TENSORS}
-    save_file(tensors, str(tmp), metadata={"spec_key": spec_key, "keys": json.dumps(keys)})
+    save_tensors(tensors, tmp, metadata={"spec_key": spec_key, "keys": json.dumps(keys)})
     os.replace(tmp, folder / name)
     return name
 

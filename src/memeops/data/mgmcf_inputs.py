@@ -38,6 +38,7 @@ from memeops.data.features import BatchedDataset, FeatureStore, content_keys, me
 from memeops.models.base import TaskSpec, batch_targets
 from memeops.models.region_cnn import RegionCNN, RegionCNNConfig, build_region_cnn
 from memeops.models.text_encoders import TextEncoderConfig, TextFeatures, TextTokenEncoder, load_text_encoder
+from memeops.safetensors_io import save_tensors
 from memeops.threads import torch_threads
 from memeops.vision.regions import RegionStore
 
@@ -115,14 +116,12 @@ def region_features_path(cache_dir: str | Path, cnn_spec_key: str, view: str) ->
 
 def save_region_features(path: Path, rf: RegionFeatures, meta: Mapping[str, Any]) -> Path:
     """Write atomically (temp file + rename): a reader never sees half a file."""
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"feats": rf.feats.half().contiguous(), "feats_flip": rf.feats_flip.half().contiguous(),
                "boxes": rf.boxes.float().contiguous(), "scores": rf.scores.float().contiguous(),
                "valid": rf.valid.to(torch.uint8).contiguous(), "classes": rf.classes.long().contiguous()}  # fmt: skip
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"keys": json.dumps(rf.keys), "meta": json.dumps(dict(meta))})
+    save_tensors(tensors, tmp, metadata={"keys": json.dumps(rf.keys), "meta": json.dumps(dict(meta), sort_keys=True)})
     os.replace(tmp, path)
     return path
 

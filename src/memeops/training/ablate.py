@@ -304,11 +304,11 @@ def ordered_runs(runs: Sequence[ArmRun], cfg: AblateConfig) -> list[ArmRun]:
 
 
 def runs_frame(runs: Sequence[ArmRun]) -> pd.DataFrame:
-    """One row per run: group, arm, seed, best epoch, seconds and the val score selection saw."""
+    """One row per run: group, arm, seed, best epoch and the val score selection saw. No seconds: the
+    table is a DVC out and must repeat byte for byte (each run's seconds are on its MLflow run)."""
     rows = []
     for run in runs:
-        row = {"group": run.group, "arm": run.arm, "seed": run.seed, "best_epoch": run.best_epoch,
-               "seconds": run.seconds}  # fmt: skip
+        row = {"group": run.group, "arm": run.arm, "seed": run.seed, "best_epoch": run.best_epoch}
         row.update({f"val/{k}": v for k, v in sorted(run.val_metrics.items()) if k.endswith(("macro_f1", "auroc"))})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -39,6 +39,7 @@ from memeops.data.taxonomy import label_column, load_taxonomy
 from memeops.evaluation.metrics import Predictions, all_metrics, primary_metric
 from memeops.models.base import TaskSpec, count_trainable, task_specs
 from memeops.models.factory import build_model, model_config_class
+from memeops.timing import is_timing_key
 from memeops.tracking.runs import file_md5
 from memeops.training.fit_types import FitResult
 from memeops.training.inference import predict
@@ -71,7 +72,9 @@ class VariantResult:
     model_config: Any = None  # the validated model config the model was built from
 
     def report(self) -> dict[str, Any]:
-        """The JSON written to ``reports/metrics/<variant>.json`` (dvc metrics; nested by split)."""
+        """The JSON written to ``reports/metrics/<variant>.json`` (dvc metrics; nested by split). No
+        timings (a DVC out must repeat byte for byte): samples/s goes to the MLflow run
+        (``fit/train_samples_per_s``)."""
         primary = {s.name: primary_metric(s) for s in self.specs}
         return {
             "variant": self.variant,
@@ -79,7 +82,6 @@ class VariantResult:
             "epochs_run": self.fit.epochs_run,
             "monitor": self.fit.monitor,
             "val_best": self.fit.best_value,
-            "train_samples_per_s": self.fit.train_samples_per_s,
             "trainable_params": self.n_params,
             "primary_metric": primary,
             **{split: rounded_metrics(m) for split, m in self.metrics.items()},
@@ -215,8 +217,9 @@ def split_meme_ids(memes: pd.DataFrame, split: str, predictions: Predictions) ->
 
 
 def history_csv(history: Sequence[Mapping[str, float]], path: Path) -> Path:
-    """Per-epoch curve for ``dvc plots``: epoch, train loss, val loss and every val metric."""
-    rows = [{"epoch": i + 1, **{k: v for k, v in h.items() if isinstance(v, (int, float))}}
+    """Per-epoch curve for ``dvc plots``: epoch, train loss, val loss and every val metric; no timing
+    columns (:func:`memeops.timing.is_timing_key`: the CSV is a DVC out and must repeat byte for byte)."""
+    rows = [{"epoch": i + 1, **{k: v for k, v in h.items() if isinstance(v, (int, float)) and not is_timing_key(k)}}
             for i, h in enumerate(history)]  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")

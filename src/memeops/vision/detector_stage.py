@@ -18,7 +18,9 @@ from memeops.vision.train import DetectorBuild, DetectorStageConfig, build_detec
 from memeops.vision.train import evaluation_detector
 from memeops.vision.yolo import read_class_names
 
-PLOT_COLUMNS = ("epoch", "time", "train_box_loss", "train_cls_loss", "train_dfl_loss", "val_precision",
+#: The per-epoch plot's columns: no ``time`` (wall clock; the plot is a DVC out and must repeat; the
+#: epoch rows logged to the MLflow run keep it).
+PLOT_COLUMNS = ("epoch", "train_box_loss", "train_cls_loss", "train_dfl_loss", "val_precision",
                 "val_recall", "val_map50", "val_map50_95")  # fmt: skip
 
 

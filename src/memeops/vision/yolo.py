@@ -16,11 +16,13 @@ ultralytics is imported inside functions: the rest of :mod:`memeops.vision` work
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
 import shutil
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +69,8 @@ class YoloTrainConfig(BaseModel):
     )
     val_images: int | None = Field(None, ge=1, description="seeded random subset of val images (None: all)")
     workers: int = Field(1, ge=0, description="data-loading processes")
-    threads: int = Field(0, ge=0, description="torch CPU threads while training (0: ultralytics' choice)")
+    threads: int = Field(1, ge=1, description="torch CPU threads while training: a fixed count, since the "
+                         "split of float sums per thread changes the weights (ultralytics would take the cores)")
     cache: bool | str = Field("ram", description="ultralytics image cache: ram, disk or false")
     optimizer: str = "AdamW"
     lr0: float = Field(0.004, gt=0)
@@ -87,7 +90,7 @@ class YoloTrainConfig(BaseModel):
     patience: int = Field(100, ge=1)
     amp: bool = False
     seed: int = 0
-    deterministic: bool = False
+    deterministic: bool = Field(True, description="ultralytics asks torch for deterministic algorithms (warn only)")
 
 
 @dataclass
@@ -233,6 +236,55 @@ def _history(csv_path: Path) -> list[dict[str, float]]:
     return rows
 
 
+#: Keys of ultralytics' checkpoint that describe the run, not the model: the save date
+#: (``strip_optimizer`` stamps it) and the per-epoch results (with their wall-clock ``time`` column).
+RUN_ONLY_KEYS = ("date", "train_results")
+#: ``train_args`` that hold absolute paths of the temporary training folder.
+PATH_ARGS = ("model", "data", "project", "save_dir")
+
+
+def _file_names(args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` with the :data:`PATH_ARGS` reduced to their file names."""
+    return {k: Path(v).name if k in PATH_ARGS and isinstance(v, str) and v else v for k, v in args.items()}
+
+
+def canonical_checkpoint(path: Path) -> None:
+    """Re-save ultralytics' stripped checkpoint ``path`` so that its bytes depend only on the model:
+    without :data:`RUN_ONLY_KEYS`; the :data:`PATH_ARGS` (of ``train_args`` and of the model's own
+    ``args``) and the model's ``yaml_file`` reduced to their file names (they named a temporary
+    folder); the zip archive written again with a constant ``serialization_id`` (torch draws a random
+    one per save) and fixed entry dates. ultralytics loads it as before (it uses the model, its
+    ``train_args`` and, for later training only, ``data``)."""
+    import torch  # heavy: only after training
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    for key in RUN_ONLY_KEYS:
+        ckpt.pop(key, None)
+    ckpt["train_args"] = _file_names(dict(ckpt.get("train_args") or {}))
+    model = ckpt.get("model")
+    if isinstance(getattr(model, "args", None), dict):
+        model.args = _file_names(model.args)
+    spec = getattr(model, "yaml", None)
+    if isinstance(spec, dict) and isinstance(spec.get("yaml_file"), str):
+        spec["yaml_file"] = Path(spec["yaml_file"]).name
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    path.write_bytes(constant_serialization_id(buffer.getvalue()))
+
+
+def constant_serialization_id(archive: bytes) -> bytes:
+    """A ``torch.save`` zip archive with its ``.data/serialization_id`` record set to zeros and every
+    entry dated 1980-01-01 (stored, uncompressed, as torch writes them; ``torch.load`` reads it)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/.data/serialization_id"):
+                data = b"0" * len(data)
+            dst.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return out.getvalue()
+
+
 def _trainer_class(workers: int) -> type:
     """ultralytics' DetectionTrainer with ``workers`` data-loading processes also on CPU (ultralytics
     forces 0 there, leaving a core idle while one torch thread computes) and without the final
@@ -247,9 +299,12 @@ def _trainer_class(workers: int) -> type:
             self.args.workers = workers
 
         def final_eval(self) -> None:
-            ckpt = strip_optimizer(self.last) if self.last.exists() else {}
+            if self.last.exists():
+                strip_optimizer(self.last)
+                canonical_checkpoint(self.last)
             if self.best.exists():
-                strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+                strip_optimizer(self.best)
+                canonical_checkpoint(self.best)
 
     return _Trainer
 
@@ -266,8 +321,7 @@ def train_yolo(
 
     project = Path(project).resolve()
     threads_before = tu.NUM_THREADS
-    if cfg.threads:
-        tu.NUM_THREADS = cfg.threads  # select_device() sets torch's CPU threads from this
+    tu.NUM_THREADS = cfg.threads  # select_device() sets torch's CPU threads from this
     start = time.perf_counter()
     try:
         model = YOLO(str(model_yaml), task="detect")

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memeops.evaluation.metrics import Predictions, primary_metric
 from memeops.models.base import TaskSpec
+from memeops.timing import is_timing_key, timings, without_timings
 from memeops.training.experiment import rounded_metrics
 from memeops.training.seed_runs import SELECTION_RULE, runs_from_table, select_seed, summarise_seeds
 from memeops.vlm.instructions import InstructionSample, instruction_samples, unsupported_tasks
@@ -302,8 +303,10 @@ def examples_frame(scored: ScoredSplit) -> pd.DataFrame:
 
 
 def write_json(path: Path, payload: Any) -> Path:
+    """Write ``payload`` as sorted JSON without its timings (:func:`memeops.timing.without_timings`:
+    the files are DVC outs and must repeat byte for byte; the stage logs the timings to MLflow)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(without_timings(payload), indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -377,12 +380,13 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
         metrics_path = write_json(reports_dir / "metrics" / "vlm.json", report)
         curve = reports_dir / "plots" / "train" / "vlm.csv"
         curve.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(history).to_csv(curve, index=False)
+        pd.DataFrame([{k: v for k, v in h.items() if not is_timing_key(k)} for h in history]).to_csv(curve, index=False)
         examples = reports_dir / "vlm" / "examples.csv"
         examples.parent.mkdir(parents=True, exist_ok=True)
         eval_split = "test" if "test" in result.splits else next(iter(result.splits), None)
         (examples_frame(result.splits[eval_split]) if eval_split else pd.DataFrame()).to_csv(examples, index=False)
         log_metrics({k: v for k, v in report.items() if k in result.splits})
+        log_metrics(timings(report))  # seconds, fit_seconds, train_tokens_per_s: not in the DVC outs
         for name, scored in result.splits.items():  # per-meme predictions: what `memeops promote` compares
             ids = memes.loc[memes["split"] == name, "meme_id"].astype(str).tolist()
             log_prediction_frame(name, prediction_frame(scored, ids, specs))
