@@ -1,4 +1,5 @@
-"""Timings are measurements of the machine, not results: they stay out of every DVC out.
+"""Timings are measurements of the machine, not results: they stay out of every DVC out (and so do
+MLflow run ids, drawn at random per run).
 
 Two runs of a stage on the same machine must write the same bytes (docs/reproducibility.md), and a
 wall-clock figure never repeats. Stages still measure their speed; the figures go to the stage's
@@ -8,10 +9,10 @@ the one rule for what counts as a timing, so that every writer of a DVC out drop
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["TIMING_SUFFIXES", "is_timing_key", "timings", "without_timings"]
+__all__ = ["RUN_ID_KEYS", "TIMING_SUFFIXES", "is_timing_key", "timings", "without_keys", "without_run_ids", "without_timings"]
 
 #: A key whose last path part ends with one of these is a timing: ``seconds``, ``build_seconds``,
 #: ``train/epoch_seconds``, ``images_per_s``, ``train_samples_per_s``, ``memes_per_second``.
@@ -23,14 +24,29 @@ def is_timing_key(key: object) -> bool:
     return isinstance(key, str) and key.rsplit("/", 1)[-1].endswith(TIMING_SUFFIXES)
 
 
-def without_timings(payload: Any) -> Any:
-    """``payload`` with every timing key removed at any depth of nested mappings and lists; other
-    values are returned as they are (mappings become plain dicts, in their order)."""
+#: Keys that hold an MLflow run id: a random uuid per run, so a second build never repeats it. DVC
+#: outs name a run by its (deterministic) run name and registered version instead.
+RUN_ID_KEYS = frozenset({"run_id"})
+
+
+def without_keys(payload: Any, drop: Callable[[object], bool]) -> Any:
+    """``payload`` with every key for which ``drop`` is true removed at any depth of nested mappings
+    and lists; other values are returned as they are (mappings become plain dicts, in their order)."""
     if isinstance(payload, Mapping):
-        return {k: without_timings(v) for k, v in payload.items() if not is_timing_key(k)}
+        return {k: without_keys(v, drop) for k, v in payload.items() if not drop(k)}
     if isinstance(payload, list):
-        return [without_timings(v) for v in payload]
+        return [without_keys(v, drop) for v in payload]
     return payload
+
+
+def without_timings(payload: Any) -> Any:
+    """``payload`` without its timing keys (:func:`is_timing_key`) at any depth."""
+    return without_keys(payload, is_timing_key)
+
+
+def without_run_ids(payload: Any) -> Any:
+    """``payload`` without its MLflow run ids (:data:`RUN_ID_KEYS`) at any depth."""
+    return without_keys(payload, lambda key: key in RUN_ID_KEYS)
 
 
 def timings(payload: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

@@ -20,7 +20,7 @@ import yaml
 from safetensors.torch import load_file, save
 
 from memeops.safetensors_io import canonical_header, save_tensors
-from memeops.timing import timings, without_timings
+from memeops.timing import timings, without_run_ids, without_timings
 
 #: The stages both copies run (dvc repro pulls in their upstream stages: synth, ocr, consolidate,
 #: pretrain_clip).
@@ -47,6 +47,13 @@ def test_timings_leave_the_payload_at_any_depth() -> None:
     assert without_timings(report) == {"images": 3, "views": {"grid": {"regions": 4}}, "rows": [{"epochs": 2}]}
     assert timings(report) == {"seconds": 1.5, "views/grid/regions_per_s": 9.0, "train/epoch_seconds": 2.0,
                                "memes_per_second": 5.0}  # fmt: skip
+
+
+def test_run_ids_leave_the_payload_at_any_depth() -> None:
+    report = {"variants": {"a": {"versions": {"challenger": {"version": 2, "run_id": "f00", "run": "a-seed1"}}}},
+              "rows": [{"run_id": "b4r", "n": 1}]}  # fmt: skip
+    assert without_run_ids(report) == {"variants": {"a": {"versions": {"challenger": {"version": 2, "run": "a-seed1"}}}},
+                                       "rows": [{"n": 1}]}  # fmt: skip
 
 
 def test_safetensors_metadata_order_does_not_change_the_bytes(tmp_path: Path) -> None:

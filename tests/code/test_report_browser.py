@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import html
 import io
 import json
 import os
@@ -159,7 +160,10 @@ def test_report_html_sections_escaping_and_assets(tmp_path: Path) -> None:
     assert "0.700 ± 0.012 [0.660–0.740]" in page  # primary metric: mean ± std over seeds [seeds × memes]
     assert "± 0.021 [0.660–0.740]" in page  # the leaderboard's test mean macro-F1 over seeds
     assert "0.600 [0.550–0.650]" in page  # a report without seeds: its own interval
-    assert "http://mlflow.example:5000/#/experiments/1/runs/abc123def4567890" in page
+    # the run's link filters its experiment by run name and stage: no run id (random) or time in the page
+    link = ("http://mlflow.example:5000/#/experiments/1?searchFilter=attributes.run_name+%3D+%27alpha%27+and+"
+            "tags.%60memeops.dvc_stage%60+%3D+%27train%40alpha%27")  # fmt: skip
+    assert link in html.unescape(page) and "abc123" not in page and "2023-11" not in page
     assert "not produced yet" not in page and "global_only" in page and "Regions help." in page
     # only relative asset links, all written, no external resource
     srcs = _img_srcs(page)

@@ -466,7 +466,7 @@ def evaluate_variant(
     for ref in refs:
         primary_alias = ref.aliases[0]
         entry: dict[str, Any] = {"version": ref.version, "aliases": list(ref.aliases), "run_id": ref.run_id,
-                                 "stage": ref.run_tags.get("memeops.dvc_stage"),
+                                 "run": ref.run_tags.get("mlflow.runName"), "stage": ref.run_tags.get("memeops.dvc_stage"),
                                  "data_digest": ref.run_tags.get(TAG_DATA_DIGEST), "notes": [], "splits": {}}  # fmt: skip
         if data_digest and entry["data_digest"] and entry["data_digest"] != data_digest:
             entry["notes"].append(f"trained on another meme table (data digest {entry['data_digest']}, now "

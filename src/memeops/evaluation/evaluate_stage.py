@@ -27,6 +27,7 @@ import pandas as pd
 from memeops.evaluation.calibration import ReliabilityBins
 from memeops.evaluation.evaluate import EvaluateConfig, evaluated_splits, headline_metrics
 from memeops.reporting.evaluation import markdown_report, plot_reliability
+from memeops.timing import without_run_ids
 
 # The meme attributes evaluation breaks the metrics down by (read without the images' columns).
 MEME_COLUMNS = ["meme_id", "split", "source", "language", "extra"]
@@ -80,7 +81,9 @@ def write_evaluation(report: Mapping[str, Any], curves: Mapping[str, Mapping[str
             figures[variant] = plot_reliability(
                 variant_curves, files.figures / f"{variant}_reliability.png",
                 f"{report['variants'][variant]['registered_model']}: reliability (pooled over tasks)")  # fmt: skip
-    files.json.write_text(json.dumps(report, indent=1, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
+    # A DVC out repeats byte for byte: run ids (random per run) stay in the MLflow run's tags; the
+    # files name each version's run by its run name.
+    files.json.write_text(json.dumps(without_run_ids(report), indent=1, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
     links = {v: p.relative_to(files.reports).as_posix() for v, p in figures.items()}
     files.markdown.write_text(markdown_report(report, links), encoding="utf-8")
     headline = headline_metrics(report)

@@ -78,7 +78,7 @@ def markdown_report(report: Mapping[str, Any], figures: Mapping[str, str] | None
                 continue
             if "same_as" in entry:
                 continue
-            lines += [f"- {'+'.join(entry['aliases'])}: v{entry['version']}, run `{entry.get('run_id')}`"]
+            lines += [f"- {'+'.join(entry['aliases'])}: v{entry['version']}, run `{entry.get('run')}`"]
             lines += [f"  - {n}" for n in entry.get("notes", [])]
             for split, block in entry.get("splits", {}).items():
                 if block.get("status") != "ok":

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 from typing import Any
 
 import numpy as np
@@ -197,5 +198,9 @@ def latest_train_runs(runs: Sequence[MlflowRun]) -> dict[str, MlflowRun]:
 
 
 def run_url(ui: str, run: MlflowRun) -> str:
-    """The run's page in the MLflow UI at ``ui``."""
-    return f"{ui.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    """The MLflow UI at ``ui`` on the run's experiment, filtered to the runs of its DVC stage with its
+    run name (the latest first). Not the run's own page: its id is random per run, and the report is
+    a DVC out that must repeat byte for byte; the experiment id (a counter), the stage and the run
+    name repeat."""
+    expression = f"attributes.run_name = '{run.run_name}' and tags.`memeops.dvc_stage` = '{run.stage}'"
+    return f"{ui.rstrip('/')}/#/experiments/{run.experiment_id}?" + urlencode({"searchFilter": expression})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -220,12 +219,9 @@ def mlflow_section(runs: Sequence[MlflowRun] | None, ui: str, error: str | None)
         return note(f"MLflow runs unavailable: {error}")
     if not runs:
         return note("No MLflow runs found in the tracking store.")
-    rows = []
-    for r in runs:
-        started = (datetime.fromtimestamp(r.start_time / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
-                   if r.start_time else "")  # fmt: skip
-        rows.append([esc(r.stage), esc(r.variant), esc(r.experiment), esc(r.run_name), esc(r.status), esc(started),
-                     f'<a href="{esc(run_url(ui, r))}"><code>{esc(r.run_id[:12])}</code></a>'])  # fmt: skip
+    rows = [[esc(r.stage), esc(r.variant), esc(r.experiment), f'<a href="{esc(run_url(ui, r))}">{esc(r.run_name)}</a>',
+             esc(r.status)] for r in runs]  # fmt: skip
     return (f"<p>The latest top-level run per DVC stage; links open the MLflow UI at <code>{esc(ui)}</code> "
-            "(<code>make ui</code>).</p>"
-            + html_table(["stage", "variant", "experiment", "run", "status", "started", "run id"], rows, "small"))  # fmt: skip
+            "(<code>make ui</code>) on the stage's runs, newest first (the report names runs, not run ids or "
+            "times, so that a rebuild writes the same page).</p>"
+            + html_table(["stage", "variant", "experiment", "run", "status"], rows, "small"))  # fmt: skip
