@@ -441,8 +441,19 @@ def _mem_total_gib() -> float | None:
     return None
 
 
+def cpu_model() -> tuple[str | None, bool]:
+    """The CPU's model name and whether it has AMX bf16 tiles (Linux ``/proc/cpuinfo``; ``(None,
+    False)`` elsewhere): stage times move with both (bf16 matmuls, kernels chosen per instruction set)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None, False
+    names = re.findall(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return (names[0].strip() if names else None), " amx_bf16" in text
+
+
 def machine_info(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """CPU count, torch threads, GPU (present, and whether training would use it), versions, git
+    """CPU model and count, torch threads, GPU (present, and whether training would use it), versions, git
     commit, date and the load average (other work on the machine skews every figure)."""
     import torch
 
@@ -459,6 +470,8 @@ def machine_info(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "platform": platform.platform(),
+        "cpu_model": cpu_model()[0],
+        "cpu_amx_bf16": cpu_model()[1],
         "cpus": os.cpu_count(),
         "cpus_usable": affinity,
         "memory_gib": _mem_total_gib(),

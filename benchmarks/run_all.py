@@ -128,7 +128,8 @@ def render_markdown(bench: Mapping[str, Any]) -> str:
         gpu = (m.get("gpu") or {}).get("name") or "no GPU"
         commit = f"`{(m.get('git_commit') or '?')[:10]}`{' (dirty)' if m.get('git_dirty') else ''}"
         lines += [
-            (f"Measured {m.get('date')} on {m.get('cpus')} CPUs ({m.get('torch_threads')} torch threads), "
+            (f"Measured {m.get('date')} on {m.get('cpus')} CPUs ({m.get('cpu_model') or 'CPU model unknown'}"
+             f"{', AMX bf16' if m.get('cpu_amx_bf16') else ''}; {m.get('torch_threads')} torch threads), "
              f"{gpu}; Python {m.get('python')}, torch {m.get('torch')}; commit {commit}; "
              f"load average {m.get('loadavg_start')} -> {m.get('loadavg_end')}."),
             "",
