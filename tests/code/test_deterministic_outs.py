@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save
 
 from memeops.safetensors_io import canonical_header, save_tensors
 from memeops.timing import timings, without_run_ids, without_timings
+from memeops.vision.yolo import RUN_ONLY_KEYS, canonical_checkpoint
 
 #: The stages both copies run (dvc repro pulls in their upstream stages: synth, ocr, consolidate,
 #: pretrain_clip).
@@ -65,6 +66,39 @@ def test_safetensors_metadata_order_does_not_change_the_bytes(tmp_path: Path) ->
     assert (tmp_path / "x.safetensors").read_bytes() == one
     loaded = load_file(str(tmp_path / "x.safetensors"))
     assert torch.equal(loaded["b"], tensors["b"]) and torch.equal(loaded["a"], tensors["a"])
+
+
+class TinyDetector(torch.nn.Module):
+    """Stands in for ultralytics' model object: a module with an ``args`` dict and a ``yaml`` spec."""
+
+    def __init__(self, project: str) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.args = {"model": f"{project}/detector.yaml", "data": f"{project}/data.yaml", "imgsz": 64}
+        self.yaml = {"yaml_file": f"{project}/detector.yaml", "nc": 3}
+
+
+def ultralytics_like_checkpoint(path: Path, project: str, commit: str, date: str) -> None:
+    torch.manual_seed(0)
+    ckpt = {"model": TinyDetector(project), "date": date, "git": {"root": project, "commit": commit},
+            "train_results": {"time": [1.5, 3.2]}, "epoch": -1,
+            "train_args": {"project": f"{project}/runs", "save_dir": f"{project}/runs/train", "epochs": 3}}  # fmt: skip
+    torch.save(ckpt, path)
+
+
+def test_detector_checkpoint_keeps_the_model_and_drops_the_run(tmp_path: Path) -> None:
+    """Two trainings of the same weights in other folders, at other commits and times: the same bytes."""
+    one, other = tmp_path / "one.pt", tmp_path / "other.pt"
+    ultralytics_like_checkpoint(one, "/tmp/memeops-detector-aaa", "1111", "2026-12-06T10:00:00")
+    ultralytics_like_checkpoint(other, "/tmp/memeops-detector-bbb", "2222", "2026-12-07T11:00:00")
+    for path in (one, other):
+        canonical_checkpoint(path)
+    assert one.read_bytes() == other.read_bytes()
+    ckpt = torch.load(one, map_location="cpu", weights_only=False)
+    assert not set(RUN_ONLY_KEYS) & set(ckpt) and ckpt["epoch"] == -1
+    assert ckpt["train_args"] == {"project": "runs", "save_dir": "train", "epochs": 3}
+    assert ckpt["model"].args["model"] == "detector.yaml" and ckpt["model"].yaml["yaml_file"] == "detector.yaml"
+    assert isinstance(ckpt["model"].conv, torch.nn.Conv2d)
 
 
 def test_lock_outs_compares_every_out(tmp_path: Path) -> None:

@@ -237,8 +237,10 @@ def _history(csv_path: Path) -> list[dict[str, float]]:
 
 
 #: Keys of ultralytics' checkpoint that describe the run, not the model: the save date
-#: (``strip_optimizer`` stamps it) and the per-epoch results (with their wall-clock ``time`` column).
-RUN_ONLY_KEYS = ("date", "train_results")
+#: (``strip_optimizer`` stamps it), the per-epoch results (with their wall-clock ``time`` column) and
+#: the git state of the working directory (root, branch, commit and its message: two clones at
+#: different commits wrote different bytes for the same weights; the MLflow run keeps the commit).
+RUN_ONLY_KEYS = ("date", "train_results", "git")
 #: ``train_args`` that hold absolute paths of the temporary training folder.
 PATH_ARGS = ("model", "data", "project", "save_dir")
 
