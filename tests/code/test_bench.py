@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import collect
 from benchmarks import pipeline as bp
 from benchmarks import run_all
 
@@ -38,7 +39,7 @@ def _write(path: Path, data: dict) -> None:
 def test_trained_variants_from_plan() -> None:
     order = ("synth", "train_detector", "tune@gatedclip", "train@gatedclip", "train@text_only",
              "tune_mgmcf", "train_mgmcf", "train_vlm", "compare")  # fmt: skip
-    assert bp.trained_variants(order) == ["gatedclip", "text_only", "mgmcf", "vlm"]
+    assert collect.trained_variants(order) == ["gatedclip", "text_only", "mgmcf", "vlm"]
 
 
 def test_collectors_on_fixture_reports(tmp_path: Path) -> None:
@@ -46,13 +47,13 @@ def test_collectors_on_fixture_reports(tmp_path: Path) -> None:
     logs.mkdir()
     # features computed nothing new: images_per_s is null and stays null (no division by zero)
     _write(metrics / "features.json", {"cached": 5, "computed": 0, "total": 5})
-    assert bp.collect_features(tmp_path)["images_per_s"] is None
+    assert collect.collect_features(tmp_path)["images_per_s"] is None
     _write(metrics / "features.json", {"cached": 0, "computed": 150, "total": 150})
-    features = bp.collect_features(tmp_path, stage_seconds=6.5, logs=logs)  # no summary line: the stage's time
+    features = collect.collect_features(tmp_path, stage_seconds=6.5, logs=logs)  # no summary line: the stage's time
     assert features["images_per_s"] == 23.1 and features["stage_seconds"] == 6.5
     assert features["images_per_s_source"] == "computed / stage seconds"
     (logs / "repro.log").write_text("Running stage 'features':\nfeatures: 150 computed, 0 cached, 48.7 images/s\n")
-    features = bp.collect_features(tmp_path, stage_seconds=6.5, logs=logs)
+    features = collect.collect_features(tmp_path, stage_seconds=6.5, logs=logs)
     assert features["images_per_s"] == 48.7 and features["images_per_s_source"] == "features stage summary line"
     for variant in ("gatedclip", "gatedclip_mt", "mgmcf"):
         _write(metrics / f"{variant}.json", {"epochs_run": 2, "best_epoch": 1})
@@ -60,15 +61,15 @@ def test_collectors_on_fixture_reports(tmp_path: Path) -> None:
     timings = {"gatedclip": {"fit/train_samples_per_s": 1234.5678},
                "vlm": {"models/unified/fit_seconds": 10.0, "models/unified/train_tokens_per_s": 5000.0}}  # fmt: skip
     stage_seconds = {"train@gatedclip": 3.0, "train_mgmcf": 9.0, "train_vlm": 12.0}
-    training = bp.collect_training(tmp_path, VARIANTS, stage_seconds, timings)
+    training = collect.collect_training(tmp_path, VARIANTS, stage_seconds, timings)
     assert list(training) == VARIANTS
     assert training["gatedclip"] == {"train_samples_per_s": 1234.6, "epochs_run": 2, "best_epoch": 1,
                                      "stage_seconds": 3.0}  # fmt: skip
     assert training["mgmcf"]["stage_seconds"] == 9.0 and training["mgmcf"]["train_samples_per_s"] is None
     assert training["text_only"] == {"missing": True}
     assert training["vlm"]["train_tokens_per_s"] == 5000 and training["vlm"]["train_samples_per_s"] == 60.0
-    assert bp.run_timings(tmp_path) == {}  # no mlflow.db: no runs
-    assert bp.collect_registry(tmp_path) == {}  # no mlflow.db: nothing registered
+    assert collect.run_timings(tmp_path) == {}  # no mlflow.db: no runs
+    assert collect.collect_registry(tmp_path) == {}  # no mlflow.db: nothing registered
 
 
 def test_merge_keeps_other_keys_and_markdown(tmp_path: Path) -> None:
