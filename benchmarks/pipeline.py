@@ -299,6 +299,7 @@ def machine_info(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     trainer_device = str(((params.get("train") or {}).get("trainer") or {}).get("device", "auto"))
     detector_device = str((params.get("detector") or {}).get("device", "cpu"))
     status = _git("status", "--porcelain", "--untracked-files=no")
+    cpu_name, cpu_amx_bf16 = cpu_model()
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -307,8 +308,8 @@ def machine_info(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "platform": platform.platform(),
-        "cpu_model": cpu_model()[0],
-        "cpu_amx_bf16": cpu_model()[1],
+        "cpu_model": cpu_name,
+        "cpu_amx_bf16": cpu_amx_bf16,
         "cpus": os.cpu_count(),
         "cpus_usable": affinity,
         "memory_gib": _mem_total_gib(),

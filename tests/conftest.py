@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
@@ -24,6 +23,8 @@ _STATE = Path(tempfile.mkdtemp(prefix="memeops-test-state-"))
 from memeops import runtime
 
 runtime.configure(_STATE, override_state=True)
+
+from benchmarks.pipeline import make_project_copy  # after configure: it imports memeops
 
 sys.path.insert(0, str(NETGUARD_DIR))
 import netguard
@@ -77,24 +78,11 @@ TINY_PARAMS: dict[str, Any] = {
 }
 
 
-def deep_update(base: dict, extra: dict) -> dict:
-    """``base`` with ``extra`` merged into it recursively (in place); returns ``base``."""
-    for key, value in extra.items():
-        base[key] = deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
-    return base
-
-
 def make_tiny_project(dest: Path) -> Path:
-    """Copy the project's code (dvc.yaml, stages/, src/) into ``dest`` with params.yaml shrunk by
-    :data:`TINY_PARAMS`; no data, models or caches. ``dvc init --no-scm`` is left to the caller."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "stages", "src"):
-        src = REPO_ROOT / name
-        (shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-         if src.is_dir() else shutil.copy2(src, dest / name))  # fmt: skip
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    (dest / "params.yaml").write_text(yaml.safe_dump(deep_update(params, TINY_PARAMS), sort_keys=False))
-    return dest
+    """A copy of the project's code (dvc.yaml, stages/, src/) in ``dest`` (must not exist) with
+    params.yaml shrunk by :data:`TINY_PARAMS` (``benchmarks.pipeline.make_project_copy``, the bench's
+    copy); no data, models or caches. ``dvc init --no-scm`` is left to the caller."""
+    return make_project_copy(dest, TINY_PARAMS)
 
 
 @pytest.fixture(scope="session")

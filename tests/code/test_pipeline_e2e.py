@@ -30,7 +30,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
 
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory: pytest.TempPathFactory, tiny_project: Callable[..., Path]) -> Path:
-    return tiny_project(tmp_path_factory.mktemp("project"))
+    return tiny_project(tmp_path_factory.mktemp("e2e") / "project")
 
 
 def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, str], tmp_path: Path) -> None:

@@ -259,6 +259,9 @@ def canonical_checkpoint(path: Path) -> None:
     ``train_args`` and, for later training only, ``data``)."""
     import torch  # heavy: only after training
 
+    # weights_only=False: the checkpoint pickles ultralytics' model object, which the weights-only
+    # loader refuses. Only called on the file this process's trainer has just written into its own
+    # temporary folder (ultralytics reads it back the same way), never on a user-supplied file.
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     for key in RUN_ONLY_KEYS:
         ckpt.pop(key, None)
