@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from memeops.models.base import IGNORE_INDEX, MISSING_MULTI, TaskSpec
 
@@ -77,6 +76,10 @@ def binary_auroc(scores: np.ndarray, y: np.ndarray) -> float:
     """AUROC of ``scores`` for ``y == 1``; NaN when ``y`` has a single class (AUROC is undefined)."""
     if len(np.unique(y)) < 2:
         return math.nan
+    # sklearn.metrics costs ~1 s to import (scipy, sklearn.utils); the metrics of single-label tasks
+    # and the stages that only read predictions (compare, report) never need it.
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, scores))
 
 
@@ -107,6 +110,8 @@ def _single_metrics(probs: np.ndarray, y: np.ndarray, spec: TaskSpec) -> dict[st
 
 
 def _multi_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score  # ~1 s import: see binary_auroc
+
     pred = (probs >= MULTI_THRESHOLD).astype(int)
     y = y.astype(int)
     return {

@@ -33,7 +33,6 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -149,6 +148,11 @@ def load_tokenizer(cfg: ClipEncoderConfig) -> tuple[Tokenize, int, str]:
         path = _corpus_tokenizer_path(cfg)
         tok = CorpusTokenizer.load(path, cfg.context_length)
         return (lambda texts: tok(list(texts), cfg.context_length)), tok.vocab_size, file_sha256(path)
+    # open_clip is imported where a model or an open_clip tokenizer is built, not at module top: its
+    # __init__ imports every tower (CoCa, Hugging Face, timm; ~2-4 s), and the config and the corpus
+    # tokenizer (what most importers of this module use) need none of it.
+    import open_clip
+
     if cfg.arch == TINY_ARCH:
         simple = open_clip.SimpleTokenizer(context_length=cfg.context_length)
         return (lambda texts: simple(list(texts))), OPEN_CLIP_VOCAB, "open_clip:simple"
@@ -161,6 +165,8 @@ def load_tokenizer(cfg: ClipEncoderConfig) -> tuple[Tokenize, int, str]:
 
 
 def _open_clip_model_cfg(arch: str) -> dict[str, Any]:
+    import open_clip  # heavy: see load_tokenizer
+
     model_cfg = open_clip.get_model_config(arch)
     if model_cfg is None:
         raise ValueError(f"unknown CLIP arch {arch!r}: use {TINY_ARCH!r} or a name from open_clip.list_models()")
@@ -200,6 +206,8 @@ def tiny_model_cfg(cfg: ClipEncoderConfig, vocab_size: int) -> dict[str, Any]:
 
 def build_clip_model(cfg: ClipEncoderConfig, vocab_size: int) -> nn.Module:
     """An untrained open_clip model for ``cfg`` (seeded by ``cfg.init_seed``), in train mode."""
+    import open_clip  # heavy: see load_tokenizer
+
     if cfg.vocab_size is not None and cfg.vocab_size != vocab_size:
         raise ValueError(f"config vocab_size {cfg.vocab_size} != tokenizer vocab size {vocab_size}")
     with torch.random.fork_rng(devices=[]):
@@ -298,6 +306,8 @@ def resolve_pretrained_file(arch: str, tag: str, cache_dir: str | None = None) -
     default ``$HF_HUB_CACHE``) and open_clip's URL cache (``cache_dir``, ``$OPEN_CLIP_CACHE_DIR``,
     ``~/.cache/clip``). Raises a one-line FileNotFoundError otherwise.
     """
+    import open_clip  # heavy: see load_tokenizer
+
     pcfg = open_clip.get_pretrained_cfg(arch, tag)
     if not pcfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
@@ -328,6 +338,8 @@ def resolve_pretrained_file(arch: str, tag: str, cache_dir: str | None = None) -
 
 
 def _load_pretrained_tag(cfg: ClipEncoderConfig) -> tuple[nn.Module, Path]:
+    import open_clip  # heavy: see load_tokenizer
+
     path = resolve_pretrained_file(cfg.arch, cfg.pretrained or "", cfg.cache_dir)
     pcfg = open_clip.get_pretrained_cfg(cfg.arch, cfg.pretrained or "")
     preprocess = {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pcfg}
@@ -363,6 +375,8 @@ def make_spec_key(cfg: ClipEncoderConfig, identity: dict[str, Any]) -> str:
 
 def eval_transform(model: nn.Module, image_size: int) -> Callable[[Image.Image], Tensor]:
     """open_clip's val transform for ``model`` (its preprocess_cfg, else CLIP defaults at ``image_size``)."""
+    import open_clip  # heavy: see load_tokenizer
+
     pp = dict(getattr(model.visual, "preprocess_cfg", None) or {})
     return open_clip.image_transform(
         pp.get("size", image_size), is_train=False, mean=pp.get("mean"), std=pp.get("std"),
@@ -373,6 +387,8 @@ def eval_transform(model: nn.Module, image_size: int) -> Callable[[Image.Image],
 def _trim_ok(model: nn.Module) -> bool:
     """Whether :func:`encode_text` may drop trailing padding: an open_clip ``CLIP`` text tower with
     a causal mask and end-of-text pooling (outputs up to <eot> never see later positions)."""
+    import open_clip  # heavy: see load_tokenizer
+
     return (
         isinstance(model, open_clip.CLIP)
         and getattr(model, "text_pool_type", None) in ("argmax", "eos")

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 from pydantic import BaseModel
@@ -32,6 +33,7 @@ from memeops.serving.folder import (
     ClipFeatureInputs,
     read_spec,
     staged_model_dir,
+    task_specs,
     write_spec,
 )
 from memeops.serving.inputs import (
@@ -44,7 +46,7 @@ from memeops.serving.inputs import (
     image_limit,
     one_line,
 )
-from memeops.serving.predictor import MemePredictor, open_predictor
+from memeops.serving.predictor import MemePredictor, format_predictions, open_predictor
 
 try:  # the folder-level predictor works without mlflow (e.g. on a bare GPU box)
     from mlflow.exceptions import MlflowException as _MlflowException
@@ -217,6 +219,20 @@ def _stage_package(tmp: Path) -> Path:
     return dest
 
 
+def example_output(model_dir: Path, spec: Mapping[str, Any], example: pd.DataFrame) -> pd.DataFrame:
+    """An answer of the folder's predictor to ``example``, for the signature (its columns and types).
+
+    A head model's table is fixed by its task specs (:func:`format_predictions`'s columns and
+    dtypes), so it is built from placeholder probabilities without loading the model: the folder
+    was verified on an example meme when packed, and MLflow runs the logged model on the example
+    when logging it. Other predictors (the VLM's) are run on the example.
+    """
+    if spec["model"]["name"] == "vlm":
+        return open_predictor(model_dir).predict(example)
+    specs = task_specs(spec)
+    return format_predictions({s.name: np.full((len(example), s.num_labels), 0.5) for s in specs}, specs)
+
+
 # "Models from code": MLflow stores this script instead of a cloudpickle of the model object, so
 # loading runs plain imports from the shipped package (no pickle, no cloudpickle version coupling).
 _ENTRY_SCRIPT = """\
@@ -236,7 +252,7 @@ def log_pyfunc(
     """Log ``model_dir`` as an MLflow pyfunc model ``name`` (in the active run, if any).
 
     Signature inferred from a one-row example (a real base64 PNG: ``input_example_image`` or a
-    generated one) and this predictor's own output for it; pinned ``pip_requirements`` (skips
+    generated one) and the predictor's output table for it (:func:`example_output`); pinned ``pip_requirements`` (skips
     MLflow's slow inference); ``code_paths`` = a copy of the ``memeops`` package. With
     ``registered_model_name`` the model is also registered (version in
     ``info.registered_model_version``); aliases are :mod:`memeops.tracking.registry`'s job.
@@ -247,7 +263,7 @@ def log_pyfunc(
     model_dir = Path(model_dir).resolve()
     spec = read_spec(model_dir)
     example = example_frame(input_example_image)
-    signature = infer_signature(example, open_predictor(model_dir).predict(example))
+    signature = infer_signature(example, example_output(model_dir, spec, example))
     with tempfile.TemporaryDirectory(prefix="memeops-code-") as tmp:
         entry = Path(tmp) / "memeops_pyfunc_entry.py"
         entry.write_text(_ENTRY_SCRIPT, encoding="utf-8")
