@@ -278,6 +278,7 @@ def test_callback_replays_history_on_resume() -> None:
         callback = MlflowCallback(log_artifacts=False)
         callback.on_fit_start(2, history)
         callback.on_epoch_end(3, {"train/loss": 0.25, "val/x": 0.3, "note": "not numeric"})  # type: ignore[dict-item]
+        callback.flush()  # epoch points are logged asynchronously (on_fit_end flushes in a real fit)
     client = mlflow.MlflowClient()
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")] == [
         (1, 1.0),

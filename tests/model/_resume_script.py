@@ -83,8 +83,9 @@ class SleepCallback:
 def run(run_dir: Path, epochs: int, sleep: float) -> dict:
     from memeops.training import TrainConfig, fit, seed_everything, strip_timing, weights_hash
 
-    cfg = TrainConfig(
-        epochs=epochs, batch_size=16, lr=1e-2, warmup_epochs=1, patience=10, monitor="mean/macro_f1", seed=3
+    cfg = TrainConfig(  # a checkpoint after every epoch: the kill lands between saved epochs
+        epochs=epochs, batch_size=16, lr=1e-2, warmup_epochs=1, patience=10, monitor="mean/macro_f1", seed=3,
+        checkpoint_every_s=0,
     )
     seed_everything(cfg.seed)
     model = TinyModel()

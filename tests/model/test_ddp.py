@@ -57,8 +57,9 @@ class BatchedMemes(BatchedDataset):
 
 
 def config(**overrides) -> TrainConfig:
+    # checkpoint_every_s=0: a checkpoint after every epoch (the resume case crashes after epoch 2)
     base = {"epochs": EPOCHS, "batch_size": BATCH, "lr": 1e-2, "warmup_epochs": 1, "patience": 10, "monitor": "loss",
-            "monitor_mode": "min", "seed": 5, "threads": 1}  # fmt: skip
+            "monitor_mode": "min", "seed": 5, "threads": 1, "checkpoint_every_s": 0}  # fmt: skip
     return TrainConfig(**{**base, **overrides})
 
 

@@ -230,7 +230,7 @@ class Crash(Exception):
 def test_crash_inside_checkpoint_write_resumes_exactly(tmp_path: Path, monkeypatch, phase: str) -> None:
     """A crash while epoch 3's checkpoint is half written: before the state.json commit the run
     resumes after epoch 2 (pending files discarded); after it, after epoch 3 (renames finished)."""
-    cfg = config(epochs=5)
+    cfg = config(epochs=5, checkpoint_every_s=0)  # a checkpoint after every epoch
     reference = summary(*run_fit(cfg, tmp_path / "ref"))
 
     with monkeypatch.context() as patch:

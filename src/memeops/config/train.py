@@ -52,6 +52,14 @@ class TrainConfig(BaseModel):
     threads: int = Field(1, ge=1, description="torch intra-op threads while fitting: a fixed count, not the "
                          "machine's cores (the split of float sums per thread changes the weights)")
     log_every: int = Field(50, ge=0, description="log the running train loss every N steps (0: never)")
+    # Runtime-only, like ``threads``: when to write a checkpoint never changes the maths. Excluded from
+    # dumps so it is not part of a run's identity (the resume hash, the stage's run-dir and study
+    # fingerprints): a killed run resumes whatever interval the restart uses.
+    checkpoint_every_s: float = Field(
+        60.0, ge=0, exclude=True,
+        description="checkpoint when this many seconds have passed since the last one, and after the "
+        "final epoch (0: after every epoch)",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _warmup_within_training(self) -> TrainConfig:
@@ -89,6 +97,7 @@ class TrainerOverrides(BaseModel):
     num_workers: int | None = Field(None, ge=0)
     threads: int | None = Field(None, ge=1)
     log_every: int | None = Field(None, ge=0)
+    checkpoint_every_s: float | None = Field(None, ge=0)
 
     @model_serializer(mode="wrap")
     def _only_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Crash-safe training checkpoints: ``run_dir/checkpoints/``.
 
-Files (all replaced together, once per epoch):
+Files (all replaced together at each save; the trainer saves after the final epoch and otherwise
+at most every ``TrainConfig.checkpoint_every_s`` seconds):
 
-- ``last.safetensors``  model weights after the latest finished epoch (what training resumes from);
-- ``best.safetensors``  model weights of the best epoch so far (what the caller finally gets);
+- ``last.safetensors``  model weights after the latest saved epoch (what training resumes from);
+- ``best.safetensors``  model weights of the best epoch up to it (the trainer keeps its own copy
+                        in memory while it runs, and reads this one back only when it resumes);
 - ``optim.pt``          optimizer, LR-scheduler and GradScaler state (``torch.save``);
 - ``rng.pt``            Python / NumPy / torch / CUDA / DataLoader-generator RNG states;
 - ``state.json``        epoch, best value and epoch, bad-epoch counter, history, config hash.
@@ -24,12 +26,13 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
-from torch import nn
+from safetensors.torch import load_model, save_file, save_model
+from torch import Tensor, nn
 
 from memeops.training.seeding import capture_rng_state, restore_rng_state
 
@@ -101,21 +104,65 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 # --------------------------------------------------------------------------- weights
 
 
-def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Model weights as safetensors, atomically (tied/shared tensors are handled by safetensors)."""
+def _atomic_safetensors(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a safetensors file next to ``path``, fsync, then ``os.replace`` it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         os.chmod(tmp, FILE_MODE)
-        save_model(model, tmp, metadata=metadata)
+        write(tmp)
         _fsync_path(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Model weights as safetensors, atomically (tied/shared tensors are handled by safetensors)."""
+    _atomic_safetensors(path, lambda tmp: save_model(model, tmp, metadata=metadata))
+
+
+def snapshot_state(model: nn.Module) -> dict[str, Tensor]:
+    """A CPU copy of ``model.state_dict()`` that later training steps cannot change.
+
+    Tied weights (one tensor under several names, e.g. shared embeddings) stay one tensor in the
+    copy, so :func:`save_state` writes what :func:`save_weights` would have (same tensors, same metadata).
+    Copying draws no random numbers and changes nothing in the model.
+    """
+    copies: dict[tuple[Any, ...], Tensor] = {}
+    out: dict[str, Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else 0
+        # the same view of the same memory: one tensor (empty tensors share nothing)
+        key: tuple[Any, ...] = (name,)
+        if ptr:
+            key = (str(tensor.device), ptr, tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
+                   tensor.dtype)  # fmt: skip
+        if key not in copies:
+            copies[key] = tensor.to("cpu", copy=True)
+        out[name] = copies[key]
+    return out
+
+
+def save_state(state: Mapping[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A :func:`snapshot_state` copy as safetensors, atomically, in :func:`save_weights`' format:
+    a tensor held under several names is stored once, under the first name in sorted order, and
+    the others are recorded in the metadata (as ``safetensors.torch.save_model`` does)."""
+    kept: dict[int, str] = {}
+    tensors: dict[str, Tensor] = {}
+    meta = dict(metadata or {})
+    for name in sorted(state):
+        first = kept.setdefault(id(state[name]), name)
+        if first == name:
+            tensors[name] = state[name].contiguous()
+        else:
+            meta.setdefault(name, first)
+    _atomic_safetensors(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -177,12 +224,17 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler,
     loader_generator: torch.Generator,
     is_best: bool,
+    best_state: Mapping[str, Tensor] | None = None,
 ) -> None:
     """Write one epoch's checkpoint with the stage → commit → promote protocol (module docstring).
 
     ``state`` must hold an int ``epoch``; it is stored as ``state.json``. RNG states are captured
     here, so call this as the last thing of an epoch (nothing may draw random numbers between
     this save and the next epoch's first batch).
+
+    ``best.safetensors`` is rewritten from the model when ``is_best`` (this epoch is the best), else
+    from ``best_state`` (a :func:`snapshot_state` of an earlier best epoch not yet saved) when
+    given; with neither, the previous save's best file stays as it is.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -192,6 +244,8 @@ def save_checkpoint(
     save_weights(model, directory / _pending_name(LAST_WEIGHTS, epoch), metadata=meta)
     if is_best:
         save_weights(model, directory / _pending_name(BEST_WEIGHTS, epoch), metadata=meta)
+    elif best_state is not None:
+        save_state(best_state, directory / _pending_name(BEST_WEIGHTS, epoch), metadata=meta)
     trainer_state = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

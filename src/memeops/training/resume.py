@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from memeops.config.train import TrainConfig
 from memeops.models.base import TaskSpec
@@ -76,25 +76,32 @@ def maybe_resume(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     generator: torch.Generator,
-) -> tuple[LoopState, int | None]:
-    """Restore from a matching checkpoint, or start fresh (clearing a stale one's state file)."""
+) -> tuple[LoopState, int | None, dict[str, Tensor] | None]:
+    """Restore from a matching checkpoint, or start fresh (clearing a stale one's state file).
+
+    Returns the loop state, the epoch resumed after (None: fresh start) and, when resuming, a
+    :func:`~memeops.training.checkpoint.snapshot_state` of the checkpoint's best weights (the
+    trainer keeps the best weights in memory and no longer reads them back at the end).
+    """
     state = ckpt.recover(directory)
     if state is None:
-        return LoopState(), None
+        return LoopState(), None, None
     if resume and state.get("config_hash") == fingerprint:
+        ckpt.load_weights(model, directory / ckpt.BEST_WEIGHTS)  # overwritten by the last weights next
+        best_state = ckpt.snapshot_state(model)
         ckpt.load_checkpoint(
             directory, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             loader_generator=generator,
         )  # fmt: skip
         loop = LoopState.from_state(state)
         logger.info("resuming from %s after epoch %d", directory, loop.epoch)
-        return loop, loop.epoch
+        return loop, loop.epoch, best_state
     if resume:
         logger.warning("checkpoint in %s has a different config hash; starting from scratch", directory)
     # A stale best.safetensors must never be mistaken for this run's best.
     for name in (ckpt.STATE_FILE, ckpt.BEST_WEIGHTS, ckpt.LAST_WEIGHTS, ckpt.OPTIM_FILE, ckpt.RNG_FILE):
         (directory / name).unlink(missing_ok=True)
-    return LoopState(), None
+    return LoopState(), None, None
 
 
 def share_resume(

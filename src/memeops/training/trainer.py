@@ -13,8 +13,10 @@ stopping and the best-epoch weights) uses validation metrics only. The test spli
 
 Reproducibility: call :func:`memeops.training.seed_everything` with ``cfg.seed`` *before*
 building the model (its initial weights come from the global RNG); :func:`fit` reseeds at the
-start. On CPU, a run killed at any point and restarted with ``resume=True`` ends bit-identical to
-an uninterrupted one (same history apart from wall-clock fields, same best value, same weights).
+start. On CPU, a run killed at any point and restarted with ``resume=True`` continues after its
+last saved epoch (checkpoints: after the final epoch and at most every ``cfg.checkpoint_every_s``
+seconds) and ends bit-identical to an uninterrupted one (same history apart from wall-clock
+fields, same best value, same weights).
 
 Data parallelism: launched under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE > 1``), or
 given a :class:`~memeops.training.distributed.DistContext`, :func:`fit` trains a
@@ -247,9 +249,10 @@ def fit(
     """Train ``model`` on ``train_set``, select on ``val_set``; the model ends with the best weights.
 
     Per epoch: train (AdamW, per-step warm-up + cosine LR, grad clipping, AMP per ``cfg``), score
-    the validation set, update early stopping on ``cfg.monitor``, call callbacks, checkpoint to
-    ``run_dir/checkpoints`` (see :mod:`memeops.training.checkpoint`). With ``resume=True`` and a
-    checkpoint whose config hash matches, training continues after its last finished epoch (a
+    the validation set, update early stopping on ``cfg.monitor``, call callbacks, and checkpoint to
+    ``run_dir/checkpoints`` (see :mod:`memeops.training.checkpoint`) when ``cfg.checkpoint_every_s``
+    seconds have passed since the last save, and after the final epoch. With ``resume=True`` and a
+    checkpoint whose config hash matches, training continues after its last saved epoch (a
     finished run just returns its result); a mismatching checkpoint is ignored and overwritten.
     There is deliberately no test-set argument: see the module docstring.
 
@@ -305,12 +308,15 @@ def _fit(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     fingerprint = config_hash(cfg, amp, model, specs, len(train_set), len(val_set))  # type: ignore[arg-type]
 
+    best_state = None  # rank 0's in-memory copy of the best epoch's weights
     if dctx.is_main:
-        loop, resumed_from = maybe_resume(
+        loop, resumed_from, best_state = maybe_resume(
             directory, resume, fingerprint, model, optimizer, scheduler, scaler, generator
         )
     else:
         loop, resumed_from = LoopState(), None
+    best_saved = loop.best_epoch  # the best epoch the checkpoint's best.safetensors holds
+    last_save = time.monotonic()
     if dctx.enabled:
         loop, resumed_from = share_resume(
             dctx, loop, resumed_from, fingerprint, optimizer, scheduler, scaler, generator
@@ -348,6 +354,8 @@ def _fit(
         is_best = improved(value, loop.best_value, cfg.monitor_mode, cfg.min_delta)
         if is_best:
             loop.best_value, loop.best_epoch, loop.bad_epochs = value, epoch, 0
+            if dctx.is_main:  # a copy, not a file: the checkpoint below may be skipped this epoch
+                best_state = ckpt.snapshot_state(model)
         else:
             loop.bad_epochs += 1
         loop.stopped_early = loop.bad_epochs >= cfg.patience and epoch < cfg.epochs
@@ -372,16 +380,26 @@ def _fit(
         _notify(
             callbacks, "on_epoch_end", epoch, {k: v for k, v in record.items() if k != "epoch"}, dist_ctx=dctx
         )
-        if dctx.is_main:
+        # Checkpoints are throttled by wall time (each costs fsyncs and renames, tens of ms: more
+        # than a small head's epoch), but always written after the final epoch. Skipping one changes
+        # nothing in the run: a save only reads the model, optimizer and RNG states (it draws no
+        # random numbers), and it captures the RNG states when it is written, so a run resumed from
+        # any saved epoch continues exactly as the uninterrupted run did. The decision is rank 0's
+        # alone (only it writes) and is taken from the clock, never from anything the maths sees.
+        final = loop.stopped_early or epoch >= cfg.epochs
+        due = final or time.monotonic() - last_save >= cfg.checkpoint_every_s
+        if dctx.is_main and due:
             ckpt.save_checkpoint(
                 directory, state=loop.to_state(fingerprint), model=model, optimizer=optimizer,
                 scheduler=scheduler, scaler=scaler, loader_generator=generator, is_best=is_best,
+                best_state=best_state if loop.best_epoch != best_saved else None,
             )  # fmt: skip
+            best_saved, last_save = loop.best_epoch, time.monotonic()
     epochs_bar.close()
     del train_model
 
-    if dctx.is_main:
-        ckpt.load_weights(model, directory / ckpt.BEST_WEIGHTS)
+    if dctx.is_main and best_state is not None:  # the best epoch's weights, kept in memory
+        model.load_state_dict(best_state)
     model.to(device)
     ddp.broadcast_module(model, dctx)  # every rank ends with rank 0's best weights
     speeds = [rec["train/samples_per_s"] for rec in loop.history]

@@ -1,0 +1,83 @@
+"""MlflowCallback logs epoch metrics without blocking the epoch loop, yet live: a point is in the
+tracking store while the fit is still running, and every point is there when it ends."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "model"))  # the trainer tests' tiny model and data
+from _resume_script import SPECS, SyntheticMemes, TinyModel
+
+from memeops.tracking.runs import MlflowCallback, tracked_run
+from memeops.training import TrainConfig, fit, seed_everything
+
+EPOCHS = 4
+WAIT_S = 30.0  # how long the probe waits for epoch 1's point (it is async; usually milliseconds)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """fit() turns on deterministic algorithms process-wide; give other test files their defaults."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+class StoreProbe:
+    """Placed after MlflowCallback: at the end of epoch ``at``, reads the run's ``train/loss``
+    points from the tracking store (polling until epoch 1's appears, or ``WAIT_S``)."""
+
+    def __init__(self, run_id: str, at: int = 2):
+        self.run_id, self.at = run_id, at
+        self.seen: list[int] | None = None
+        self.fit_ended_before_probe = False
+
+    def _steps(self) -> list[int]:
+        return [m.step for m in mlflow.MlflowClient().get_metric_history(self.run_id, "train/loss")]
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch != self.at:
+            return
+        deadline = time.monotonic() + WAIT_S
+        steps = self._steps()
+        while 1 not in steps and time.monotonic() < deadline:
+            time.sleep(0.02)
+            steps = self._steps()
+        self.seen = steps
+
+    def on_fit_end(self, result) -> None:
+        self.fit_ended_before_probe = self.seen is None
+
+
+def test_epoch_metrics_are_in_the_store_before_the_fit_ends(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=EPOCHS, batch_size=16, lr=1e-2, warmup_epochs=1, monitor="mean/macro_f1",
+                      device="cpu", seed=3, patience=10)  # fmt: skip
+    seed_everything(cfg.seed)
+    model = TinyModel()
+    with tracked_run(experiment=f"test-live-{uuid.uuid4().hex[:8]}", run_name="live", stage="train@test",
+                     variant="tiny", seed=cfg.seed, data_digest="d", params={}, system_metrics=False) as run:  # fmt: skip
+        probe = StoreProbe(run.info.run_id)
+        result = fit(model, SyntheticMemes(64, seed=1), SyntheticMemes(32, seed=2), SPECS, cfg, tmp_path,
+                     callbacks=[MlflowCallback(log_artifacts=False), probe])  # fmt: skip
+    assert not probe.fit_ended_before_probe
+    assert probe.seen is not None and 1 in probe.seen, probe.seen  # live: epoch 1 while epoch 2 ran
+
+    # on_fit_end waited for every point: same keys and steps as the history, values included
+    client = mlflow.MlflowClient()
+    logged = client.get_run(run.info.run_id).data.metrics
+    for key in result.history[0]:
+        if key == "epoch":
+            continue
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1)), key
+        assert [m.value for m in history] == pytest.approx([r[key] for r in result.history], nan_ok=True)
+        assert key in logged
+    assert logged["best/epoch"] == result.best_epoch
