@@ -49,9 +49,9 @@ class Callback(Protocol):
 
     ``on_epoch_end`` receives 1-based ``epoch`` and the flat dict ``{"train/loss", "train/lr",
     "train/epoch_seconds", "train/samples_per_s", "val/loss", "val/<task>/<metric>", ...,
-    "val/mean/macro_f1"}``; it runs *before* that epoch's checkpoint is written, so after a kill
-    the epoch is re-run and re-reported (at-least-once; log with ``step=epoch`` and duplicates
-    overwrite harmlessly). An optional ``on_fit_start(resumed_from, history)`` is called when
+    "val/mean/macro_f1"}``; it runs *before* any checkpoint of that epoch is written (checkpoints
+    are throttled: ``checkpoint_every_s``), so after a kill the epochs since the last save are re-run
+    and re-reported (at-least-once; log with ``step=epoch`` and duplicates overwrite harmlessly). An optional ``on_fit_start(resumed_from, history)`` is called when
     present (e.g. to replay already-finished epochs into a fresh tracking run).
 
     Under DDP only rank 0 calls callbacks, unless a callback sets ``all_ranks = True``.

@@ -21,7 +21,8 @@ from memeops.training.tuned import SPACE_SECTIONS
 #: Trainer fields a search space may not touch: the budget and selection rule every trial shares
 #: (and which the full training run sets itself) and runtime-only settings.
 FIXED_TRAINER_FIELDS = frozenset({"epochs", "patience", "min_delta", "monitor", "monitor_mode", "seed", "device",
-                                  "amp", "num_workers", "threads", "log_every"})  # fmt: skip
+                                  "amp", "num_workers", "threads", "log_every",
+                                  "checkpoint_every_s"})  # fmt: skip
 
 
 class ParamSpec(BaseModel):
