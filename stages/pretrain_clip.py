@@ -12,10 +12,15 @@ from pathlib import Path
 from memeops.models.clip import ClipEncoderConfig
 from memeops.stage_context import StageContext
 from memeops.tracking.runs import log_metrics
-from memeops.training.clip_pretrain import TIMING_KEYS, PretrainConfig, pretrain_clip
+from memeops.training.clip_pretrain import TIMING_KEYS, EpochStats, PretrainConfig, pretrain_clip
 from stages import run_stage
 
 OUT_DIR = Path("models/clip")
+
+
+def log_epoch(stats: EpochStats) -> None:
+    """Each epoch's loss and rate to the open MLflow run as the epoch ends (live, not after the fit)."""
+    log_metrics({"train/loss": stats.loss, "train/images_per_s": stats.images_per_s}, step=stats.epoch)
 
 
 def main() -> int:
@@ -26,10 +31,8 @@ def main() -> int:
     memes = ctx.memes()
     with ctx.tracked_run("pretrain_clip", seed=cfg.seed,
                          params={"pretrain_clip": cfg.model_dump(), "encoder": enc_cfg.model_dump()}):  # fmt: skip
-        result = pretrain_clip(memes, cfg, enc_cfg, OUT_DIR)
+        result = pretrain_clip(memes, cfg, enc_cfg, OUT_DIR, on_epoch_end=log_epoch)  # prints progress too
         history = result.pop("history")
-        for epoch, loss in enumerate(history["train_loss"], start=1):
-            log_metrics({"train/loss": loss}, step=epoch)
         log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
         import mlflow  # heavy: imported once the run is open
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from memeops.data.features import ImageFiles, image_paths
+from memeops.data.image_cache import CachedImageFiles
 from memeops.models.clip import (
     ClipEncoderConfig,
     build_clip_model,
@@ -300,9 +302,10 @@ class CaptionViews:
 
     def loss(self, model: nn.Module, idx: Tensor) -> Tensor:
         cap = self.tokens[idx]
-        views = [encode_text(model, mask_tokens(cap, self.share, self.unk_id, self.eot_id, self.generator))
-                 for _ in range(2)]  # fmt: skip
-        return caption_contrast_loss(views[0].float(), views[1].float(), self.ids[idx], self.temperature)
+        masked = [mask_tokens(cap, self.share, self.unk_id, self.eot_id, self.generator) for _ in range(2)]
+        # Both views in one text-tower pass: fewer, larger ops (~7% of a training step measured).
+        views = encode_text(model, torch.cat(masked)).float()
+        return caption_contrast_loss(views[: len(idx)], views[len(idx) :], self.ids[idx], self.temperature)
 
 
 @dataclass
@@ -344,6 +347,7 @@ def _train_epoch(
     """
     losses, seen = [], 0
     for images, idx in loader:
+        images = images.contiguous(memory_format=torch.channels_last)  # matches the tower (see pretrain_clip)
         with sdpa_kernel(SDPBackend.MATH), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
             raw = model.encode_image(images, normalize=False)  # [B, D]
             img = F.normalize(raw, dim=-1)
@@ -362,6 +366,33 @@ def _train_epoch(
         losses.append(loss.item())
         seen += len(idx)
     return (float(np.mean(losses)) if losses else float("nan")), seen
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One finished training epoch, as :func:`pretrain_clip` reports it to ``on_epoch_end``."""
+
+    epoch: int  # 1-based
+    epochs: int
+    loss: float  # mean training loss of the epoch
+    images: int  # images seen in the epoch
+    seconds: float  # this epoch
+    elapsed: float  # all epochs so far
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def eta_s(self) -> float:
+        """Seconds left for the remaining epochs at the mean rate so far (evaluation not included)."""
+        return self.elapsed / self.epoch * (self.epochs - self.epoch)
+
+    def line(self) -> str:
+        eta_min, eta_s = divmod(round(self.eta_s), 60)
+        rate = f"{self.images_per_s:.0f} img/s, {self.seconds:.1f} s"
+        head = f"pretrain_clip epoch {self.epoch}/{self.epochs}: loss {self.loss:.4f}"
+        return f"{head}, {rate}, ETA {eta_min}:{eta_s:02d}"
 
 
 # --- evaluation ----------------------------------------------------------------------------------------
@@ -428,12 +459,15 @@ def _save(model: nn.Module, tokenizer: CorpusTokenizer, cfg: ClipEncoderConfig, 
 
 
 def pretrain_clip(
-    memes: pd.DataFrame, cfg: PretrainConfig, enc_cfg: ClipEncoderConfig, out_dir: str | Path
-) -> dict[str, Any]:
+    memes: pd.DataFrame, cfg: PretrainConfig, enc_cfg: ClipEncoderConfig, out_dir: str | Path,
+    on_epoch_end: Callable[[EpochStats], None] | None = None, progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
     """Train tokenizer + CLIP on the TRAIN split, report val recall, write the three files.
 
     Returns ``val_{i2t,t2i}_r{1,5}``, ``val_pairs``, ``chance_r1``, ``history`` (``train_loss``
     per epoch), ``images_per_s`` (training throughput), timings (:data:`TIMING_KEYS`) and sizes.
+    ``on_epoch_end`` gets each epoch's :class:`EpochStats` as it ends (e.g. to log it live);
+    ``progress`` prints its one-line summary to stderr (a run takes minutes).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -448,9 +482,13 @@ def pretrain_clip(
     tokenizer = CorpusTokenizer.train(train_texts, cfg.vocab_size, enc_cfg.context_length)
     out_cfg = _output_config(enc_cfg, tokenizer.vocab_size, cfg.seed)  # init from cfg.seed
     model = build_clip_model(out_cfg, tokenizer.vocab_size).train()
+    # NHWC convolutions: a training step of the conv tower took 0.48 vs 0.55 s (2-core CPU, measured);
+    # the tower goes back to the default layout before evaluation and saving.
+    model.visual.to(memory_format=torch.channels_last)
 
-    loader = _loader(ImageFiles(image_paths(train), train_transform(out_cfg.image_size, cfg.crop_scale)),
-                     cfg.batch_size, True, cfg.num_workers, cfg.seed)  # fmt: skip
+    # Decoded once, augmented every epoch: the same images and random draws as ImageFiles, no re-decoding.
+    train_images = CachedImageFiles(image_paths(train), train_transform(out_cfg.image_size, cfg.crop_scale))
+    loader = _loader(train_images, cfg.batch_size, True, cfg.num_workers, cfg.seed)
     total_steps = max(1, cfg.epochs * len(loader))
     tags = ObjectTags.build(train, out_cfg.embed_dim, cfg.object_tag_weight)
     groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.text_lr)
@@ -472,11 +510,19 @@ def pretrain_clip(
     precision = resolve_precision(cfg.precision)
     history, seen, t_train = [], 0, time.perf_counter()
     with torch_threads(cfg.threads):
-        for _epoch in range(cfg.epochs):
+        for epoch in range(1, cfg.epochs + 1):
+            t_epoch = time.perf_counter()
             loss, n = _train_epoch(model, loader, tokens, loss_fn, opt, sched, precision, captions, tags)
             history.append(loss)
             seen += n
+            now = time.perf_counter()
+            stats = EpochStats(epoch, cfg.epochs, loss, n, now - t_epoch, now - t_train)
+            if progress:
+                print(stats.line(), file=sys.stderr, flush=True)
+            if on_epoch_end is not None:
+                on_epoch_end(stats)
         train_s = time.perf_counter() - t_train
+        model.visual.to(memory_format=torch.contiguous_format)  # evaluate as downstream stages will
         metrics: dict[str, Any] = {f"val_{d}_r{k}": None for d in ("i2t", "t2i") for k in (1, 5)}
         if not val.empty:
             val_tokens = tokenizer(val_texts, out_cfg.context_length)
