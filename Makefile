@@ -103,7 +103,7 @@ mlflow-server: install
 		--serve-artifacts --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS) \
 		$${MLFLOW_ALLOWED_HOSTS:+--allowed-hosts "$$MLFLOW_ALLOWED_HOSTS"}
 
-# The whole DVC pipeline through Prefect; e.g. make flow FLOW_ARGS="--stages train@gatedclip"
+# The whole DVC pipeline through Prefect; e.g. make flow FLOW_ARGS="--stages tune@gatedclip"
 FLOW_ARGS ?=
 flow: install
 	$(RUNTIME_ENV) && python -m flows.pipeline $(FLOW_ARGS)

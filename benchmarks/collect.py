@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from memeops import runtime
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -69,16 +71,26 @@ def collect_features(project: Path, stage_seconds: float | None = None, logs: Pa
     return out
 
 
-def trained_variants(order: tuple[str, ...] | list[str]) -> list[str]:
-    """The variants a plan trains: ``train@<v>`` -> v, ``train_<v>`` (mgmcf, vlm) -> v."""
+def trained_variants(order: tuple[str, ...] | list[str], project: Path | None = None) -> list[str]:
+    """The variants a plan trains: ``train_<v>`` (mgmcf, vlm) -> v; stage ``train`` (the heads, one
+    process) -> the variants its command names (``project``'s dvc.yaml); ``train@<v>`` -> v."""
     out = []
     for stage in order:
         name = stage.rsplit(":", 1)[-1]
-        if name.startswith("train@"):
+        if name == "train" and project is not None:
+            out.extend(train_stage_variants(project))
+        elif name.startswith("train@"):
             out.append(name.split("@", 1)[1])
         elif name.startswith("train_") and name != "train_detector":
             out.append(name[len("train_") :])
     return out
+
+
+def train_stage_variants(project: Path) -> list[str]:
+    """The variants stage ``train`` trains: the arguments of its ``python -m stages.train ...`` command."""
+    stages = (yaml.safe_load((project / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages", {})
+    cmd = str(stages.get("train", {}).get("cmd", ""))
+    return cmd.split("stages.train", 1)[1].split() if "stages.train" in cmd else []
 
 
 def run_timings(project: Path) -> dict[str, dict[str, float]]:
@@ -101,6 +113,10 @@ def run_timings(project: Path) -> dict[str, dict[str, float]]:
             for key, value in run.data.metrics.items() if variant else ():
                 if is_timing_key(key):
                     values.setdefault(variant, {}).setdefault(key, []).append(value)
+            if variant and "mlflow.parentRunId" not in run.data.tags and run.info.end_time:
+                # the variant's own (parent) run: its wall time, its share of a stage that trains several
+                seconds = (run.info.end_time - run.info.start_time) / 1000
+                values.setdefault(variant, {}).setdefault("run_seconds", []).append(seconds)
     return {v: {k: sum(xs) / len(xs) for k, xs in sorted(m.items())} for v, m in sorted(values.items())}
 
 
@@ -148,11 +164,11 @@ def collect_training(project: Path, variants: list[str], stage_seconds: Mapping[
             entry["train_samples_per_s"] = rounded(logged.get("fit/train_samples_per_s"))
             entry["epochs_run"] = metrics.get("epochs_run")
             entry["best_epoch"] = metrics.get("best_epoch")
-        stage = (
-            "train_vlm" if variant == "vlm" else "train_mgmcf" if variant == "mgmcf" else f"train@{variant}"
-        )
+        stage = {"vlm": "train_vlm", "mgmcf": "train_mgmcf"}.get(variant, f"train@{variant}")
         if stage in stage_seconds:
             entry["stage_seconds"] = round(stage_seconds[stage], 2)
+        elif logged.get("run_seconds") is not None:  # stage train: this variant's MLflow run, not the stage
+            entry["run_seconds"] = rounded(logged["run_seconds"])
         out[variant] = entry
     return out
 

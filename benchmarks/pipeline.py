@@ -409,7 +409,7 @@ def run(
             "machine": machine,
             "pipeline": pipeline,
             "features": collect_features(project, stage_seconds.get("features"), logs),
-            "training": collect_training(project, trained_variants(plan.order), stage_seconds),
+            "training": collect_training(project, trained_variants(plan.order, project), stage_seconds),
             "registry": collect_registry(project),
         }
         if bench_file is not None:

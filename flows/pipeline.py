@@ -1,6 +1,6 @@
 """The whole DVC pipeline as one Prefect flow.
 
-Each DVC stage (matrix items expanded: ``train@gatedclip``, ...) is one Prefect task, named after the
+Each DVC stage (matrix items expanded: ``tune@gatedclip``, ...) is one Prefect task, named after the
 stage, that runs ``dvc repro --single-item <stage>`` in the project. DVC stays the single source of
 truth: it decides whether a stage is up to date, caches the outputs and writes ``dvc.lock``. The
 stage list and its order come from DVC itself (the same ``plan_repro`` that ``dvc repro`` uses), so a
@@ -13,7 +13,7 @@ artifact summarise every stage (ran / skipped, seconds, attempts) and the headli
 ``dvc metrics show --json``.
 
     python -m flows.pipeline                              # the whole default pipeline
-    python -m flows.pipeline --stages validate train@gatedclip   # these targets and their upstream
+    python -m flows.pipeline --stages validate tune@gatedclip   # these targets and their upstream
     python -m flows.pipeline --parallel 2                 # independent stages two at a time (docs/scaleout.md)
     python -m flows.pipeline --serve --cron "0 3 * * *"   # a served deployment on a schedule
 
@@ -101,7 +101,7 @@ class Plan:
 def plan_pipeline(project_dir: Path | str, targets: list[str] | None = None) -> Plan:
     """Ask DVC for the stage graph and the order ``dvc repro [targets]`` would use.
 
-    Matrix / foreach stages come back expanded (``train@gatedclip``); frozen stages are cut from
+    Matrix / foreach stages come back expanded (``tune@gatedclip``); frozen stages are cut from
     their dependencies as DVC does. ``targets`` are stage names (or ``dvc.yaml`` paths); their
     upstream stages are included, like ``dvc repro <targets>``.
     """
@@ -129,7 +129,7 @@ def plan_pipeline(project_dir: Path | str, targets: list[str] | None = None) -> 
 
 def _address(stage: Any, root: Path) -> str:
     """The stage's name as ``dvc repro`` takes it from the project root (DVC's own ``addressing``
-    is relative to the current directory): ``train@gatedclip``, or ``sub/dvc.yaml:name``."""
+    is relative to the current directory): ``tune@gatedclip``, or ``sub/dvc.yaml:name``."""
     dvcfile = Path(stage.dvcfile.path).resolve()
     name = getattr(stage, "name", None)
     if not name:  # a .dvc file stage

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import TINY_PARAMS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,15 @@ def test_trained_variants_from_plan() -> None:
     assert collect.trained_variants(order) == ["gatedclip", "text_only", "mgmcf", "vlm"]
 
 
+def test_trained_variants_of_the_one_process_train_stage(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"train": {"cmd": "python -m stages.train gatedclip concat"}}}), encoding="utf-8")  # fmt: skip
+    order = ("features", "tune@gatedclip", "train", "train_mgmcf", "train_vlm")
+    assert collect.trained_variants(order, tmp_path) == ["gatedclip", "concat", "mgmcf", "vlm"]
+    assert collect.train_stage_variants(ROOT) == yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"][
+        "cmd"].split()[3:]  # fmt: skip
+
+
 def test_collectors_on_fixture_reports(tmp_path: Path) -> None:
     metrics, logs = tmp_path / "reports" / "metrics", tmp_path / "logs"
     logs.mkdir()
@@ -58,7 +68,7 @@ def test_collectors_on_fixture_reports(tmp_path: Path) -> None:
     for variant in ("gatedclip", "gatedclip_mt", "mgmcf"):
         _write(metrics / f"{variant}.json", {"epochs_run": 2, "best_epoch": 1})
     _write(metrics / "vlm.json", {"regime": "unified", "train_samples": 300, "models": {"unified": {"epochs": 2}}})
-    timings = {"gatedclip": {"fit/train_samples_per_s": 1234.5678},
+    timings = {"gatedclip": {"fit/train_samples_per_s": 1234.5678}, "gatedclip_mt": {"run_seconds": 7.25},
                "vlm": {"models/unified/fit_seconds": 10.0, "models/unified/train_tokens_per_s": 5000.0}}  # fmt: skip
     stage_seconds = {"train@gatedclip": 3.0, "train_mgmcf": 9.0, "train_vlm": 12.0}
     training = collect.collect_training(tmp_path, VARIANTS, stage_seconds, timings)
@@ -66,6 +76,9 @@ def test_collectors_on_fixture_reports(tmp_path: Path) -> None:
     assert training["gatedclip"] == {"train_samples_per_s": 1234.6, "epochs_run": 2, "best_epoch": 1,
                                      "stage_seconds": 3.0}  # fmt: skip
     assert training["mgmcf"]["stage_seconds"] == 9.0 and training["mgmcf"]["train_samples_per_s"] is None
+    # a variant of the one-process stage train: no stage of its own, its MLflow run's wall time instead
+    assert training["gatedclip_mt"]["run_seconds"] == collect.rounded(7.25) and "stage_seconds" not in training[
+        "gatedclip_mt"]  # fmt: skip
     assert training["text_only"] == {"missing": True}
     assert training["vlm"]["train_tokens_per_s"] == 5000 and training["vlm"]["train_samples_per_s"] == 60.0
     assert collect.run_timings(tmp_path) == {}  # no mlflow.db: no runs

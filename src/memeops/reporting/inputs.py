@@ -188,7 +188,7 @@ def latest_mlflow_runs(tracking_uri: str | None = None, max_results: int = 5000)
 
 
 def latest_train_runs(runs: Sequence[MlflowRun]) -> dict[str, MlflowRun]:
-    """The newest ``train*`` stage run per variant (``train@x`` or ``train_x``)."""
+    """The newest ``train*`` stage run per variant (``train``, ``train_mgmcf``, ``train_vlm``)."""
     latest: dict[str, MlflowRun] = {}
     for run in runs:
         newer = run.variant not in latest or (run.start_time or 0) > (latest[run.variant].start_time or 0)

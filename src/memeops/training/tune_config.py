@@ -151,7 +151,7 @@ class TuneConfig(BaseModel):
 
     variants: list[str] = Field(default_factory=list, description="variants tuned; the others get an empty tuning file")
     n_trials: int = Field(8, ge=1, description="trials per study, the defaults' trial 0 included")
-    # None (default): trials train exactly as train@<variant> will (its epochs and patience), so the
+    # None (default): trials train as stage train trains the variant (its epochs and patience), so the
     # best trial's val value is the tuned model's. A cap makes the search cheaper but favours
     # fast-converging settings: measured on SynthMeme, params tuned under an 8-epoch cap gave a WORSE
     # full-length model than the defaults (docs/tuning.md).

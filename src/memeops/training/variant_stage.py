@@ -1,4 +1,4 @@
-"""Stage ``train@<variant>`` / ``train_mgmcf`` as a library call: one variant over ``train.seeds``.
+"""Stages ``train`` / ``train_mgmcf`` as a library call: one variant over ``train.seeds``.
 
 :func:`run_variant`, in one process:
 
@@ -192,7 +192,7 @@ def run_variant(
     """Train every seed of ``train.seeds``, select, summarise, report, track and register one variant.
 
     ``region_features`` / ``regions`` (``RegionFeaturesConfig`` / ``RegionsConfig``) are needed by
-    MGMCF variants only. ``stage`` is the DVC stage the runs are tagged with (default ``train@<variant>``).
+    MGMCF variants only. ``stage`` is the DVC stage the runs are tagged with (default ``train``).
     """
     memes = read_memes(memes_path)
     digest = file_md5(memes_path)
@@ -208,7 +208,7 @@ def run_variant(
               **({"inputs": variant_cfg.inputs} if variant_cfg.inputs else {})}  # fmt: skip
     tags = {"memeops.validation_passed": validation_passed(validation_report), "memeops.feature_spec": encoder.spec_key,
             "memeops.run_kind": "model"}  # fmt: skip
-    run_args = {"experiment": cfg.experiment, "stage": stage or f"train@{variant}", "variant": variant,
+    run_args = {"experiment": cfg.experiment, "stage": stage or "train", "variant": variant,
                 "data_digest": digest, "params": params, "extra_tags": tags}  # fmt: skip
 
     with tracked_run(**run_args, run_name=variant, seed=None):
