@@ -23,6 +23,7 @@ import sys
 from memeops.stage_context import StageContext
 from memeops.training import distributed as ddp
 from memeops.training.optim import resolve_device
+from memeops.training.seed_pool import SeedData, seed_runner
 from memeops.training.tuned import with_tuned
 from memeops.training.variant_stage import follow_variant, run_variant
 from stages import run_stage
@@ -42,17 +43,21 @@ def main() -> int:
     # One process unless launched by torchrun / accelerate (WORLD_SIZE > 1): then the process group.
     dist = ddp.init_from_env(resolve_device(cfg.trainer_config(variants[0]).device))
     try:
-        for variant in variants:
-            if not dist.is_main:
+        if not dist.is_main:
+            for variant in variants:
                 follow_variant(variant, cfg, ctx.encoder_config, dist.rank, **inputs)
-                continue
-            report = run_variant(variant, cfg, ctx.encoder_config, validation_report=ctx.validation_report,
-                                 stage=DVC_STAGES.get(variant, "train"), **inputs)  # fmt: skip
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in report.get("test", {}).items()
-                              if k.endswith("/auroc") and v is not None)  # fmt: skip
-            print(f"train {variant}: seeds {report['seeds']}, registered seed "
-                  f"{report['selection']['selected_seed']} ({report['selection']['rule']}); "
-                  f"test mean over seeds: {shown}", flush=True)  # fmt: skip
+            return 0
+        data = SeedData(encoder_cfg=ctx.encoder_config, **inputs)
+        # seeds in worker processes (train.workers), loaded once for every variant; under DDP in this one
+        with seed_runner(data, workers=1 if dist.enabled else cfg.workers) as runner:
+            for variant in variants:
+                report = run_variant(variant, cfg, ctx.encoder_config, validation_report=ctx.validation_report,
+                                     stage=DVC_STAGES.get(variant, "train"), runner=runner, **inputs)  # fmt: skip
+                shown = ", ".join(f"{k} {v:.3f}" for k, v in report.get("test", {}).items()
+                                  if k.endswith("/auroc") and v is not None)  # fmt: skip
+                print(f"train {variant}: seeds {report['seeds']}, registered seed "
+                      f"{report['selection']['selected_seed']} ({report['selection']['rule']}); "
+                      f"test mean over seeds: {shown}", flush=True)  # fmt: skip
     finally:
         ddp.cleanup(dist)
     return 0

@@ -162,6 +162,9 @@ class TrainStageConfig(BaseModel):
     variants: dict[str, VariantConfig]
     bootstrap_samples: int = Field(1000, ge=0)
     register_models: bool = True  # log the pyfunc and register memeops-<variant> @challenger
+    # Processes that train a variant's seeds side by side (memeops.training.seed_pool); 1: in the stage's
+    # own process. Runtime only: a seed's result does not depend on the process that trains it.
+    workers: int = Field(1, ge=1)
 
     @field_validator("tasks")
     @classmethod

@@ -244,8 +244,12 @@ def tracked_run(
     system_metrics: bool = True,
     system_metrics_interval: float | None = SYSTEM_METRICS_INTERVAL_S,
     nested: bool = False,
+    parent_run_id: str | None = None,
 ) -> Iterator[ActiveRun]:
     """Start an MLflow run with lineage tags and flattened params; end it FINISHED or FAILED.
+
+    ``parent_run_id`` nests the run under a run of another process (a seed worker's run under its
+    variant's); ``nested`` alone nests it under this process's active run.
 
     ``system_metrics`` turns on MLflow's CPU / memory / disk / network (and GPU when present)
     sampler, every ``system_metrics_interval`` seconds (None: MLflow's setting; an exported
@@ -259,7 +263,7 @@ def tracked_run(
     tags.update({str(k): str(v)[:MAX_TAG_VALUE_LENGTH] for k, v in (extra_tags or {}).items()})
     with _sampling_interval(system_metrics_interval if system_metrics else None):
         active = mlflow.start_run(
-            experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested,
+            experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested, parent_run_id=parent_run_id,
             log_system_metrics=system_metrics,
         )  # fmt: skip
     with active:  # ActiveRun.__exit__ ends the run: FINISHED, or FAILED on an exception

@@ -2,7 +2,8 @@
 
 :func:`run_variant`, in one process:
 
-1. trains the variant once per seed (:func:`memeops.training.experiment.train_variant`: fit on
+1. trains the variant once per seed, the seeds side by side in worker processes (``train.workers``,
+   :mod:`memeops.training.seed_pool`) (:func:`memeops.training.experiment.train_variant`: fit on
    TRAIN, select the epoch on VAL, score val / test / test_unseen once), each seed in its own
    nested MLflow run named ``<variant>-seed<seed>`` (tags ``memeops.variant`` and ``memeops.seed``,
    per-epoch metrics as they happen, its per-meme predictions as ``predictions/<split>.parquet``);
@@ -25,8 +26,6 @@ import json
 import shutil
 import statistics
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +39,20 @@ from memeops.models.clip import load_clip
 from memeops.serving.pyfunc import log_pyfunc, save_model_dir
 from memeops.stats import ArmRun
 from memeops.tracking import plots
-from memeops.tracking.promotion import log_eval_predictions
 from memeops.tracking.registry import register_and_alias
-from memeops.tracking.runs import MlflowCallback, file_md5, log_dataset, log_metrics, tracked_run
+from memeops.tracking.runs import file_md5, log_dataset, log_metrics, tracked_run
 from memeops.training.experiment import (
     EVAL_SPLITS,
     TEST_SPLITS,
     Family,
-    VariantResult,
-    clear_finished_run,
     family_inputs,
     history_csv,
     rounded_metrics,
-    run_dir_for,
     split_meme_ids,
     train_variant,
     variant_specs,
 )
+from memeops.training.seed_pool import SeedData, SeedJob, SeedOutcome, SeedRunner, seed_runner
 from memeops.training.seed_runs import SELECTION_RULE, predictions_table, select_seed, summarise_seeds
 
 
@@ -66,15 +62,6 @@ def validation_passed(path: Path) -> str:
         return str(bool(json.loads(Path(path).read_text(encoding="utf-8"))["success"])).lower()
     except (OSError, ValueError, KeyError):
         return "unknown"
-
-
-@dataclass
-class SeedOutcome:
-    """One seed's trained variant and the MLflow run it was logged to."""
-
-    seed: int
-    result: VariantResult
-    run_id: str
 
 
 def seed_means(outcomes: list[SeedOutcome]) -> dict[str, dict[str, float | None]]:
@@ -123,25 +110,6 @@ def seed_report(variant: str, cfg: TrainStageConfig, outcomes: list[SeedOutcome]
     return report, predictions_table(runs_by_split)
 
 
-def train_seed(variant: str, seed: int, cfg: TrainStageConfig, memes: pd.DataFrame, store: FeatureStore,
-               feature_dim: int, family: Family | None, fingerprint: Mapping[str, Any], work_dir: Path,
-               run_args: Mapping[str, Any]) -> SeedOutcome:  # fmt: skip
-    """Train one seed in its own nested MLflow run and log its metrics and per-meme predictions."""
-    trainer_cfg = cfg.trainer_config(variant, seed)
-    run_dir = run_dir_for(work_dir, variant, {**fingerprint, "trainer": trainer_cfg.model_dump()})
-    clear_finished_run(run_dir, trainer_cfg.epochs)
-    params = {**run_args["params"], "trainer": trainer_cfg.model_dump()}
-    with tracked_run(**{**run_args, "params": params}, run_name=f"{variant}-seed{seed}", seed=seed, nested=True,
-                     system_metrics=False) as run:  # fmt: skip
-        result = train_variant(variant, memes, store, feature_dim, cfg, run_dir, callbacks=[MlflowCallback()],
-                               inputs=family.inputs if family is not None else None, seed=seed)  # fmt: skip
-        log_metrics(result.metrics)  # {split: {task/metric}} -> split/task/metric
-        log_metrics({"trainable_params": result.n_params})
-        for split, preds in result.predictions.items():  # per-meme predictions: promotion's paired test
-            log_eval_predictions(split, split_meme_ids(memes, split, preds), preds, result.specs)
-        return SeedOutcome(seed, result, run.info.run_id)
-
-
 def package_selected(variant: str, cfg: TrainStageConfig, encoder_cfg: Any, selected: SeedOutcome,
                      family: Family | None, models_dir: Path) -> dict[str, Any] | None:  # fmt: skip
     """In the selected seed's run: test plots, ``models/<variant>/``, the pyfunc and its registration."""
@@ -188,19 +156,26 @@ def run_variant(
     region_features: Any = None,
     regions: Any = None,
     stage: str | None = None,
+    runner: SeedRunner | None = None,
 ) -> dict[str, Any]:
     """Train every seed of ``train.seeds``, select, summarise, report, track and register one variant.
 
     ``region_features`` / ``regions`` (``RegionFeaturesConfig`` / ``RegionsConfig``) are needed by
     MGMCF variants only. ``stage`` is the DVC stage the runs are tagged with (default ``train``).
+    ``runner`` trains the seeds (:func:`memeops.training.seed_pool.seed_runner`: worker processes, its
+    data loaded once for several variants); None: one made here, training in this process.
     """
-    memes = read_memes(memes_path)
+    if runner is None:
+        data = SeedData(memes_path, feature_dir, encoder_cfg, region_features, regions)
+        with seed_runner(data, workers=1) as own:
+            return run_variant(variant, cfg, encoder_cfg, memes_path=memes_path, feature_dir=feature_dir,
+                               validation_report=validation_report, reports_dir=reports_dir, models_dir=models_dir,
+                               predictions_dir=predictions_dir, work_dir=work_dir, stage=stage, runner=own)  # fmt: skip
+    loaded = runner.context
+    memes, encoder = loaded.memes, loaded.encoder
     digest = file_md5(memes_path)
-    encoder = load_clip(encoder_cfg)
-    store = FeatureStore(feature_dir, encoder.spec_key)
     variant_cfg = cfg.variant(variant)
-    specs, _ = variant_specs(variant, memes, cfg)
-    family = family_inputs(variant_cfg, memes, store, specs, encoder, region_features, regions)
+    family = loaded.family(variant, cfg)
     fingerprint = {"data": digest, "features": encoder.spec_key, "variant": variant_cfg.model_dump(),
                    "tasks": cfg.tasks_for(variant), **({"inputs": family.fingerprint()} if family is not None else {})}  # fmt: skip
     params = {"variant": variant, "model": variant_cfg.model, "model_config": variant_cfg.config, "seeds": cfg.seeds,
@@ -211,11 +186,12 @@ def run_variant(
     run_args = {"experiment": cfg.experiment, "stage": stage or "train", "variant": variant,
                 "data_digest": digest, "params": params, "extra_tags": tags}  # fmt: skip
 
-    with tracked_run(**run_args, run_name=variant, seed=None):
+    with tracked_run(**run_args, run_name=variant, seed=None) as parent:
         for split in ("train", "val", "test"):
             log_dataset(memes[memes["split"] == split], name=f"memes-{split}", digest=digest, context=split)
-        outcomes = [train_seed(variant, seed, cfg, memes, store, encoder.dim, family, fingerprint, work_dir, run_args)
-                    for seed in cfg.seeds]  # fmt: skip
+        parent_id = None if runner.in_process else parent.info.run_id  # in process: nested under the active run
+        outcomes = runner.train([SeedJob(variant, seed, cfg, fingerprint, work_dir, run_args, parent_id)
+                                 for seed in cfg.seeds])  # fmt: skip
         mode = cfg.trainer_config(variant).monitor_mode
         chosen = select_seed({o.seed: o.result.fit.best_value for o in outcomes}, mode)
         selected = next(o for o in outcomes if o.seed == chosen)
