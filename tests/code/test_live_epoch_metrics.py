@@ -81,3 +81,27 @@ def test_epoch_metrics_are_in_the_store_before_the_fit_ends(tmp_path: Path) -> N
         assert [m.value for m in history] == pytest.approx([r[key] for r in result.history], nan_ok=True)
         assert key in logged
     assert logged["best/epoch"] == result.best_epoch
+
+
+def test_epoch_points_are_batched_between_flushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first epoch goes at once (the UI shows the run has started); the later ones of a fast fit
+    wait for ``flush_every_s`` and go in one call; nothing is lost at the end."""
+    calls: list[list[int]] = []
+    original = mlflow.MlflowClient.log_batch
+
+    def counting(self, run_id, metrics=(), *args, **kwargs):
+        calls.append(sorted({m.step for m in metrics}))
+        return original(self, run_id, metrics, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", counting)
+    cfg = TrainConfig(epochs=EPOCHS, batch_size=16, lr=1e-2, warmup_epochs=1, monitor="mean/macro_f1",
+                      device="cpu", seed=3, patience=10)  # fmt: skip
+    seed_everything(cfg.seed)
+    with tracked_run(experiment=f"test-batch-{uuid.uuid4().hex[:8]}", run_name="batched", stage="train@test",
+                     variant="tiny", seed=cfg.seed, data_digest="d", params={}, system_metrics=False) as run:  # fmt: skip
+        result = fit(TinyModel(), SyntheticMemes(64, seed=1), SyntheticMemes(32, seed=2), SPECS, cfg, tmp_path,
+                     callbacks=[MlflowCallback(log_artifacts=False, flush_every_s=3600.0)])  # fmt: skip
+    # epoch 1 alone, epochs 2..4 together at fit end, then the summary (at step epochs_run)
+    assert calls == [[1], [2, 3, 4], [result.epochs_run]], calls
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == list(range(1, EPOCHS + 1))

@@ -322,9 +322,11 @@ class MlflowCallback:
     * ``on_epoch_end``: every numeric metric of the epoch with ``step=epoch`` (1-based), names made
       MLflow-safe by :func:`metric_name`. The trainer may re-report an epoch after a crash; MLflow
       keeps both points and shows the latest, which is the same value. Logged with MLflow's
-      asynchronous logging (``log_batch(..., synchronous=False)``): the points reach the store
-      within milliseconds, so the curve is live in the UI, but training does not wait for the
-      store's commit (tens of ms on sqlite, as much as a small model's epoch).
+      asynchronous logging (``log_batch(..., synchronous=False)``), so training does not wait for
+      the store's commit (tens of ms on sqlite, as much as a small model's epoch), and batched:
+      the first epoch at once, then the epochs of every ``flush_every_s`` seconds in one call (one
+      sqlite commit for many points: the per-epoch commits of the heads' ~0.1 s epochs cost a core
+      a third of its time). The UI's curve is live, at most ``flush_every_s`` behind.
     * ``on_fit_start``: when training resumed from a checkpoint, replays the finished epochs so a
       fresh run still has the whole curve, and tags ``memeops.resumed_from``.
     * ``on_fit_end``: first waits until every epoch point is stored (a failed one raises here);
@@ -337,12 +339,16 @@ class MlflowCallback:
     """
 
     def __init__(
-        self, run_id: str | None = None, *, log_artifacts: bool = True, artifact_dir: str = "training"
-    ):
+        self, run_id: str | None = None, *, log_artifacts: bool = True, artifact_dir: str = "training",
+        flush_every_s: float = 2.0,
+    ):  # fmt: skip
         self.run_id = run_id
         self.log_artifacts = log_artifacts
         self.artifact_dir = artifact_dir
+        self.flush_every_s = flush_every_s
         self._pending: list[RunOperations] = []  # asynchronous epoch logs not yet waited for
+        self._buffer: list[Any] = []  # epoch points not yet sent (mlflow Metric entities)
+        self._last_send: float | None = None  # monotonic time of the last send; None: nothing sent yet
 
     def _run_id(self) -> str:
         import mlflow
@@ -354,25 +360,50 @@ class MlflowCallback:
             raise RuntimeError("MlflowCallback: no run_id given and no active MLflow run (use tracked_run)")
         return active.info.run_id
 
-    def _log(self, metrics: Mapping[str, Any], step: int, *, wait: bool = True) -> None:
-        """Log ``metrics`` at ``step``; ``wait=False`` queues them (MLflow's async logging) and
-        keeps the future for :meth:`flush`."""
+    @staticmethod
+    def _points(metrics: Mapping[str, Any], step: int) -> list[Any]:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        return [Metric(key=k, value=v, timestamp=now, step=step) for k, v in flatten_metrics(metrics).items()]
+
+    def _send(self, points: list[Any], *, wait: bool) -> None:
+        """One ``log_batch`` call; ``wait=False`` queues it (MLflow's async logging) and keeps the
+        future for :meth:`flush`."""
         import time
 
         import mlflow
-        from mlflow.entities import Metric
 
-        flat = flatten_metrics(metrics)
-        if not flat:
+        self._last_send = time.monotonic()
+        if not points:
             return
-        now = int(time.time() * 1000)
-        batch = [Metric(key=k, value=v, timestamp=now, step=step) for k, v in flat.items()]
-        operations = mlflow.MlflowClient().log_batch(self._run_id(), metrics=batch, synchronous=wait)
+        operations = mlflow.MlflowClient().log_batch(self._run_id(), metrics=points, synchronous=wait)
         if operations is not None:
             self._pending.append(operations)
 
+    def _log(self, metrics: Mapping[str, Any], step: int, *, wait: bool = True) -> None:
+        """Log ``metrics`` at ``step`` now (after any buffered epoch points)."""
+        self._send(self._take_buffer() + self._points(metrics, step), wait=wait)
+
+    def _take_buffer(self) -> list[Any]:
+        points, self._buffer = self._buffer, []
+        return points
+
+    def _buffer_epoch(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Buffer an epoch's points; send the buffer on the first epoch and then every ``flush_every_s``."""
+        import time
+
+        self._buffer.extend(self._points(metrics, step))
+        due = self._last_send is None or time.monotonic() - self._last_send >= self.flush_every_s
+        if due:
+            self._send(self._take_buffer(), wait=False)
+
     def flush(self) -> None:
-        """Block until every queued epoch point is in the tracking store; raise if one failed."""
+        """Send the buffered epoch points and block until every queued one is in the tracking
+        store; raise if one failed."""
+        self._send(self._take_buffer(), wait=False)
         pending, self._pending = self._pending, []
         for operations in pending:
             operations.wait()
@@ -385,10 +416,11 @@ class MlflowCallback:
         mlflow.MlflowClient().set_tag(self._run_id(), "memeops.resumed_from", str(resumed_from))
         for i, record in enumerate(history, start=1):
             epoch = int(record.get("epoch", i))
-            self._log({k: v for k, v in record.items() if k != "epoch"}, epoch, wait=False)
+            self._buffer.extend(self._points({k: v for k, v in record.items() if k != "epoch"}, epoch))
+        self._send(self._take_buffer(), wait=False)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self._log(metrics, epoch, wait=False)
+        self._buffer_epoch(metrics, epoch)
 
     def on_fit_end(self, result: FitResult) -> None:
         self.flush()
