@@ -49,7 +49,7 @@ def main() -> int:
             return 0
         data = SeedData(encoder_cfg=ctx.encoder_config, **inputs)
         # seeds in worker processes (train.workers), loaded once for every variant; under DDP in this one
-        with seed_runner(data, workers=1 if dist.enabled else cfg.workers) as runner:
+        with seed_runner(data, workers=1 if dist.enabled else min(cfg.workers, len(cfg.seeds))) as runner:
             for variant in variants:
                 report = run_variant(variant, cfg, ctx.encoder_config, validation_report=ctx.validation_report,
                                      stage=DVC_STAGES.get(variant, "train"), runner=runner, **inputs)  # fmt: skip
