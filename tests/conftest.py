@@ -78,6 +78,22 @@ TINY_PARAMS: dict[str, Any] = {
 }
 
 
+@pytest.fixture
+def torch_globals() -> Any:
+    """fit() turns on deterministic algorithms process-wide; restore them (and the thread count)
+    after the test, so other test files get their defaults. Tests run on one torch thread: the
+    trainer's default, and the same kernels as the resume tests' child processes."""
+    import torch  # here, not at the top: most tests never import torch
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.set_num_threads(threads)
+
+
 def make_tiny_project(dest: Path) -> Path:
     """A copy of the project's code (dvc.yaml, stages/, src/) in ``dest`` (must not exist) with
     params.yaml shrunk by :data:`TINY_PARAMS` (``benchmarks.pipeline.make_project_copy``, the bench's

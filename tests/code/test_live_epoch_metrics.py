@@ -10,7 +10,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))  # the trainer tests' tiny model and data
 from _resume_script import SPECS, SyntheticMemes, TinyModel
@@ -18,17 +17,10 @@ from _resume_script import SPECS, SyntheticMemes, TinyModel
 from memeops.tracking.runs import MlflowCallback, tracked_run
 from memeops.training import TrainConfig, fit, seed_everything
 
+pytestmark = pytest.mark.usefixtures("torch_globals")  # conftest: deterministic mode and threads restored
+
 EPOCHS = 4
 WAIT_S = 30.0  # how long the probe waits for epoch 1's point (it is async; usually milliseconds)
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    """fit() turns on deterministic algorithms process-wide; give other test files their defaults."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    yield
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 class StoreProbe:

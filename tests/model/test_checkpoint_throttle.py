@@ -22,21 +22,11 @@ from memeops.training import TrainConfig, fit, seed_everything, strip_timing, we
 from memeops.training import checkpoint as ckpt
 from memeops.training import trainer as trainer_module
 
+pytestmark = pytest.mark.usefixtures("torch_globals")  # conftest: deterministic mode and threads restored
+
 TRAIN = SyntheticMemes(64, seed=1)
 VAL = SyntheticMemes(32, seed=2)
 NEVER = 1e9  # seconds: no checkpoint but the final one
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    """fit() turns on deterministic algorithms process-wide; give other test files their defaults."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ from memeops.training import distributed as ddp
 from memeops.training.distributed import SINGLE, DistContext
 from memeops.training.inference import make_loader
 
+pytestmark = pytest.mark.usefixtures("torch_globals")  # conftest: deterministic mode and threads restored
+
 N_TRAIN, N_VAL, BATCH = 65, 40, 16  # 5 global batches, the last of 1 sample (a rank gets a stand-in)
 EPOCHS = 4
 WORLD = 2
@@ -144,17 +146,6 @@ def worker(out_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- tests
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    torch.set_num_threads(threads)
 
 
 def test_shard_helpers_are_disjoint_cover_all_and_keep_order() -> None:

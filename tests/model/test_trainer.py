@@ -33,22 +33,12 @@ from memeops.training import (
 from memeops.training import checkpoint as ckpt
 from memeops.training.optim import make_scheduler
 
+pytestmark = pytest.mark.usefixtures("torch_globals")  # conftest: deterministic mode and threads restored
+
 RESUME_SCRIPT = Path(__file__).with_name("_resume_script.py")
 SLEEP = 0.4  # seconds per epoch in the victim, so the kill lands mid-run
 TRAIN = SyntheticMemes(64, seed=1)
 VAL = SyntheticMemes(32, seed=2)
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    """fit() turns on deterministic algorithms process-wide; give other test files their defaults."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # same kernels as the resume script's processes
-    yield
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    torch.set_num_threads(threads)
 
 
 def config(**overrides) -> TrainConfig:
