@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 
+from memeops.config import ConfigError
 from memeops.stage_context import StageContext
 from memeops.training import distributed as ddp
 from memeops.training.optim import resolve_device
@@ -33,12 +34,12 @@ DVC_STAGES = {"mgmcf": "train_mgmcf"}
 
 
 def main() -> int:
-    variants = sys.argv[1:]
-    if not variants:
-        raise ValueError("usage: python -m stages.train <variant> [<variant> ...]  (keys of params train.variants)")
-    ctx = StageContext()
-    # stage tune's best params (docs/tuning.md; no file: unchanged); an unknown variant fails here, before any fit
-    cfg = with_tuned(ctx.train, variants)
+    variants, ctx = sys.argv[1:], StageContext()
+    unknown = [v for v in variants if v not in ctx.train.variants]
+    if not variants or unknown:  # one line (run_stage), before anything trains
+        raise ConfigError(f"usage: python -m stages.train <variant> [<variant> ...]; unknown: "
+                          f"{unknown or 'none given'}; train.variants has: {', '.join(ctx.train.variants)}")  # fmt: skip
+    cfg = with_tuned(ctx.train, variants)  # stage tune's best params (docs/tuning.md); no file: unchanged
     inputs = {"memes_path": ctx.memes_path, "feature_dir": ctx.feature_dir, **ctx.region_inputs()}
     # One process unless launched by torchrun / accelerate (WORLD_SIZE > 1): then the process group.
     dist = ddp.init_from_env(resolve_device(cfg.trainer_config(variants[0]).device))

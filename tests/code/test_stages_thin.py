@@ -91,3 +91,13 @@ def test_every_code_dep_in_dvc_yaml_exists() -> None:
     missing = sorted(f"{name}: {dep}" for name, stage in stages.items() for dep in stage.get("deps", [])
                      if isinstance(dep, str) and dep.startswith(("src/", "stages/")) and not (REPO / dep).exists())  # fmt: skip
     assert not missing, f"dvc.yaml deps that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("args", [["nope"], []])
+def test_train_stage_names_a_bad_variant_in_one_line(args: list[str]) -> None:
+    """An unknown (or missing) variant is one line on stderr and exit code 2, before anything trains."""
+    proc = subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stage train: usage:") and "train.variants has:" in lines[0], lines
+    assert ("'nope'" if args else "none given") in lines[0]
