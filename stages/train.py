@@ -7,7 +7,9 @@ data/train/<variant>.parquet (every seed's test predictions) and reports/plots/t
 saves the median-validation seed's model folder models/<variant>/, logs the runs to MLflow and
 registers ``memeops-<variant>`` with alias ``challenger`` (see memeops.training.variant_stage).
 One process for all of them: python start, imports, the feature store and MLflow's set-up are paid
-once (about 15 s a variant on 2 cores; docs/bench.md). Stage ``train_mgmcf`` is this module with ``mgmcf``.
+once (about 15 s a variant on 2 cores; docs/bench.md); every variant's seeds are queued on the
+workers at once, so they train while this process packages the variants before them. Stage
+``train_mgmcf`` is this module with ``mgmcf``.
 
 Data-parallel on several GPUs / nodes: ``torchrun --nproc-per-node 2 -m stages.train <variant>``
 (or ``accelerate launch --multi_gpu --num_processes 2 -m stages.train <variant>``). Rank 0 runs
@@ -24,9 +26,9 @@ from memeops.config import ConfigError
 from memeops.stage_context import StageContext
 from memeops.training import distributed as ddp
 from memeops.training.optim import resolve_device
-from memeops.training.seed_pool import SeedData, seed_runner
+from memeops.training.seed_pool import SeedData, seed_runner, worker_count
 from memeops.training.tuned import with_tuned
-from memeops.training.variant_stage import follow_variant, run_variant
+from memeops.training.variant_stage import follow_variant, run_variants
 from stages import run_stage
 
 # The DVC stage that trains each variant (the runs' stage tag); every other variant: stage ``train``.
@@ -50,10 +52,10 @@ def main() -> int:
             return 0
         data = SeedData(encoder_cfg=ctx.encoder_config, **inputs)
         # seeds in worker processes (train.workers), loaded once for every variant; under DDP in this one
-        with seed_runner(data, workers=1 if dist.enabled else min(cfg.workers, len(cfg.seeds))) as runner:
-            for variant in variants:
-                report = run_variant(variant, cfg, ctx.encoder_config, validation_report=ctx.validation_report,
-                                     stage=DVC_STAGES.get(variant, "train"), runner=runner, **inputs)  # fmt: skip
+        workers = 1 if dist.enabled else worker_count(cfg.workers, len(variants) * len(cfg.seeds))
+        with seed_runner(data, workers) as runner:
+            for variant, report in run_variants(variants, cfg, ctx.encoder_config, runner, stages=DVC_STAGES,
+                                                memes_path=ctx.memes_path, validation_report=ctx.validation_report):  # fmt: skip
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in report.get("test", {}).items()
                                   if k.endswith("/auroc") and v is not None)  # fmt: skip
                 print(f"train {variant}: seeds {report['seeds']}, registered seed "

@@ -24,6 +24,20 @@ pytestmark = pytest.mark.slow
 VARIANTS = ("gatedclip", "gatedclip_mt", "text_only", "image_only", "average", "concat", "align", "cross", "mgmcf")
 
 
+# {variant: [status of its run, number of seed runs nested in it]} of the train / train_mgmcf stage runs
+TRAIN_RUNS = """
+import json
+from memeops import runtime
+runtime.configure()
+import mlflow
+runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`memeops.run_kind` = 'model'")
+parents = runs[runs["tags.memeops.seed"].isna() & runs["tags.memeops.stage"].isin(["train", "train_mgmcf"])]
+children = runs["tags.mlflow.parentRunId"].value_counts()
+print(json.dumps({r["tags.memeops.variant"]: [r["status"], int(children.get(r["run_id"], 0))]
+                  for _, r in parents.iterrows()}))
+"""
+
+
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=840)
 
@@ -70,6 +84,10 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
         assert (project_copy / "reports" / "plots" / "train" / f"{variant}.csv").is_file()
         table = pd.read_parquet(project_copy / "data" / "train" / f"{variant}.parquet")
         assert set(table["seed"]) == {0, 1} and set(table["split"]) == {"test", "test_unseen"}, variant
+    # every variant's run (opened when its seeds were queued on the workers) ended FINISHED, its seeds nested in it
+    runs = _run(["python", "-c", TRAIN_RUNS], project_copy, env)
+    assert runs.returncode == 0, runs.stderr[-2000:]
+    assert json.loads(runs.stdout) == {v: ["FINISHED", 2] for v in VARIANTS}, runs.stdout
     with (project_copy / "reports" / "comparison.csv").open(encoding="utf-8") as fh:
         comparison = list(csv.DictReader(fh))
     hateful = [r for r in comparison if r["task"] == "hateful" and r["metric"] == "auroc"]

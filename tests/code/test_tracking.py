@@ -36,7 +36,9 @@ from memeops.tracking.runs import (
     git_commit,
     log_dataset,
     log_metrics,
+    fail_runs,
     metric_name,
+    open_run,
     tracked_run,
 )
 
@@ -175,6 +177,28 @@ def test_tracked_run_marks_failure_and_leaves_out_none_tags() -> None:
     assert got.info.status == "FAILED"
     assert "memeops.variant" not in got.data.tags and "memeops.seed" not in got.data.tags
     assert mlflow.active_run() is None
+
+
+def test_opened_run_is_resumed_and_ended_with_its_tags_params_and_children() -> None:
+    """open_run: a RUNNING run, not active, that runs of other processes can nest under; tracked_run
+    (run_id=...) resumes and ends it; fail_runs ends the ones never resumed, and only those."""
+    kwargs = _run_kwargs(params={"train": {"lr": 0.01}}, seed=None)
+    opened = open_run(**{k: v for k, v in kwargs.items() if k != "system_metrics"})
+    never = open_run(**{k: v for k, v in kwargs.items() if k != "system_metrics"})
+    client = mlflow.MlflowClient()
+    assert mlflow.active_run() is None and client.get_run(opened).info.status == "RUNNING"
+    with tracked_run(**_run_kwargs(seed=3, run_name="child"), parent_run_id=opened) as child:
+        pass
+    with tracked_run(**kwargs, run_id=opened) as run:
+        assert run.info.run_id == opened
+        log_metrics({"test": {"acc": 0.5}})
+    fail_runs([opened, never])
+    got = client.get_run(opened)
+    assert got.info.status == "FINISHED" and got.info.run_name == "r" and got.data.metrics == {"test/acc": 0.5}
+    assert got.data.params == {"train.lr": "0.01"} and got.data.tags["memeops.dvc_stage"] == "train_gatedclip"
+    assert "mlflow.user" in got.data.tags and "memeops.seed" not in got.data.tags
+    assert client.get_run(child.info.run_id).data.tags["mlflow.parentRunId"] == opened
+    assert client.get_run(never).info.status == "FAILED"
 
 
 def test_system_metrics_are_sampled_in_a_short_run() -> None:

@@ -88,6 +88,47 @@ def test_lora_trains_only_adapters_and_projector() -> None:
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
 
 
+def test_lora_model_scores_answer_positions() -> None:
+    """The answer-only logits read the bare decoder through the peft wrapper too."""
+    model = apply_lora(TinyVLM(TinyVLMConfig(image_dim=8, vocab_size=50, hidden=32, layers=1, heads=2, intermediate=64)), 4, 8)
+    ids = torch.randint(4, 50, (2, 6))
+    labels = ids.clone()
+    labels[:, :3] = IGNORE
+    logits, targets, answer = model.answer_logits(torch.randn(2, 8), ids, torch.ones(2, 6, dtype=torch.long), labels)
+    assert logits.shape == (6, 50) and targets.tolist() == ids[:, 3:].flatten().tolist() and int(answer.sum()) == 6
+
+
+def test_candidate_scores_match_the_full_forward() -> None:
+    """score_candidates (vocabulary projection on answer positions only) equals the per-candidate
+    length-normalised log-likelihood computed from the full forward's logits."""
+    from memeops.vlm.scoring import label_probabilities
+
+    torch.manual_seed(0)
+    samples = _samples(6, "val")
+    images = _images(samples)
+    tok = train_tokenizer([t for s in samples for t in (s.prompt, s.target)], 200)
+    cfg = VLMTrainConfig(vocab_size=200, max_length=160, eval_batch_size=5)  # batches cut across samples
+    model = TinyVLM(TinyVLMConfig(image_dim=8, vocab_size=len(tok), hidden=32, layers=2, heads=2, intermediate=64,
+                                  pad_id=tok.pad_token_id, bos_id=tok.bos_token_id, eos_id=tok.eos_token_id)).eval()  # fmt: skip
+    ends = [tok.eos_token_id, tok.convert_tokens_to_ids("\n")]
+    expected = []
+    with torch.no_grad():
+        for s in samples:
+            loglik, count = [], []
+            for label in s.labels:
+                enc = encode_pairs(tok, [s.prompt], [f"Label: {label}"], cfg.max_length)
+                image = torch.from_numpy(images[s.meme_id][0])[None]
+                logits = model(image, enc["input_ids"], enc["attention_mask"]).logits[0]
+                logp = logits[model.cfg.prefix_tokens - 1 : -1].float().log_softmax(-1)
+                where = (enc["labels"][0] != IGNORE).nonzero().flatten().tolist()
+                body = sum(float(logp[t, enc["input_ids"][0, t]]) for t in where[:-1])
+                loglik.append(body + float(torch.logsumexp(logp[where[-1], ends], -1)))
+                count.append(len(where))
+            expected.append(label_probabilities(np.array([loglik]), np.array([count]))[0])
+    got = score_candidates(model, tok, samples, images, cfg)
+    np.testing.assert_allclose(np.stack(got), np.stack(expected), atol=1e-5)
+
+
 def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError):
         VLMTrainConfig(epoch=3)

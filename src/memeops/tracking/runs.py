@@ -20,7 +20,7 @@ import math
 import os
 import re
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,11 +245,13 @@ def tracked_run(
     system_metrics_interval: float | None = SYSTEM_METRICS_INTERVAL_S,
     nested: bool = False,
     parent_run_id: str | None = None,
+    run_id: str | None = None,
 ) -> Iterator[ActiveRun]:
     """Start an MLflow run with lineage tags and flattened params; end it FINISHED or FAILED.
 
     ``parent_run_id`` nests the run under a run of another process (a seed worker's run under its
-    variant's); ``nested`` alone nests it under this process's active run.
+    variant's); ``nested`` alone nests it under this process's active run. ``run_id`` resumes a run
+    :func:`open_run` created with these same arguments (its tags and params are already there).
 
     ``system_metrics`` turns on MLflow's CPU / memory / disk / network (and GPU when present)
     sampler, every ``system_metrics_interval`` seconds (None: MLflow's setting; an exported
@@ -258,17 +260,57 @@ def tracked_run(
     """
     import mlflow
 
-    experiment_id = ensure_experiment(experiment)
+    with _sampling_interval(system_metrics_interval if system_metrics else None):
+        if run_id is not None:
+            active = mlflow.start_run(run_id=run_id, nested=nested, log_system_metrics=system_metrics)
+        else:
+            active = mlflow.start_run(
+                experiment_id=ensure_experiment(experiment), run_name=run_name, nested=nested,
+                tags=run_tags(stage=stage, variant=variant, seed=seed, data_digest=data_digest, extra_tags=extra_tags),
+                parent_run_id=parent_run_id, log_system_metrics=system_metrics,
+            )  # fmt: skip
+    with active:  # ActiveRun.__exit__ ends the run: FINISHED, or FAILED on an exception
+        if run_id is None:
+            log_params(params)
+        yield active
+
+
+def run_tags(*, stage: str, variant: str | None, seed: int | None, data_digest: str,
+             extra_tags: Mapping[str, Any] | None = None) -> dict[str, str]:  # fmt: skip
+    """The lineage tags plus ``extra_tags`` (values cut to MLflow's tag length)."""
     tags = lineage_tags(stage=stage, variant=variant, seed=seed, data_digest=data_digest)
     tags.update({str(k): str(v)[:MAX_TAG_VALUE_LENGTH] for k, v in (extra_tags or {}).items()})
-    with _sampling_interval(system_metrics_interval if system_metrics else None):
-        active = mlflow.start_run(
-            experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested, parent_run_id=parent_run_id,
-            log_system_metrics=system_metrics,
-        )  # fmt: skip
-    with active:  # ActiveRun.__exit__ ends the run: FINISHED, or FAILED on an exception
-        log_params(params)
-        yield active
+    return tags
+
+
+def open_run(*, experiment: str, run_name: str, stage: str, variant: str | None, seed: int | None,
+             data_digest: str, params: Mapping[str, Any], extra_tags: Mapping[str, Any] | None = None) -> str:
+    """Create a run (tags and params as :func:`tracked_run` logs them) without making it active;
+    returns its id. It stays RUNNING until ``tracked_run(..., run_id=<id>)`` resumes and ends it, or
+    :func:`fail_runs` ends it. Why: runs of other processes can nest under it before this process
+    gets to it (stage ``train`` queues every variant's seeds at once)."""
+    import mlflow
+    from mlflow.entities import Param
+    from mlflow.tracking.context.registry import resolve_tags  # what start_run adds: user, source, ...
+
+    client = mlflow.MlflowClient()
+    tags = resolve_tags(run_tags(stage=stage, variant=variant, seed=seed, data_digest=data_digest,
+                                 extra_tags=extra_tags))  # fmt: skip
+    run = client.create_run(ensure_experiment(experiment), tags=tags, run_name=run_name)
+    flat = list(flatten_params(params).items())
+    for start in range(0, len(flat), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flat[start : start + 100]])
+    return run.info.run_id
+
+
+def fail_runs(run_ids: Sequence[str]) -> None:
+    """End the runs of ``run_ids`` that are still RUNNING as FAILED (a stage stopped before them)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for run_id in run_ids:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="FAILED")
 
 
 def log_metrics(metrics: Mapping[str, Any], *, prefix: str = "", step: int | None = None) -> dict[str, float]:

@@ -26,6 +26,9 @@ import json
 import shutil
 import statistics
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,7 @@ from memeops.serving.pyfunc import log_pyfunc, save_model_dir
 from memeops.stats import ArmRun
 from memeops.tracking import plots
 from memeops.tracking.registry import register_and_alias
-from memeops.tracking.runs import file_md5, log_dataset, log_metrics, tracked_run
+from memeops.tracking.runs import fail_runs, file_md5, log_dataset, log_metrics, open_run, tracked_run
 from memeops.training.experiment import (
     EVAL_SPLITS,
     TEST_SPLITS,
@@ -141,6 +144,93 @@ def package_selected(variant: str, cfg: TrainStageConfig, encoder_cfg: Any, sele
             "seed": selected.seed, "rule": SELECTION_RULE}  # fmt: skip
 
 
+@dataclass
+class VariantPlan:
+    """One variant's seed jobs and the arguments of its MLflow run (the seeds' parent)."""
+
+    variant: str
+    family: Family | None
+    run_args: dict[str, Any]
+    jobs: list[SeedJob]
+    parent_run_id: str | None  # opened ahead for worker seeds to nest under; None: opened when finished
+
+
+def plan_variant(variant: str, cfg: TrainStageConfig, runner: SeedRunner, *, memes_path: Path,
+                 validation_report: Path, stage: str | None = None,
+                 work_dir: Path = Path(".cache/train")) -> VariantPlan:  # fmt: skip
+    """The variant's seed jobs; with worker processes its MLflow run is opened now (not active) so
+    the seeds can nest under it whenever a worker gets to them."""
+    loaded = runner.context
+    encoder = loaded.encoder
+    digest = file_md5(memes_path)
+    variant_cfg = cfg.variant(variant)
+    family = loaded.family(variant, cfg)
+    fingerprint = {"data": digest, "features": encoder.spec_key, "variant": variant_cfg.model_dump(),
+                   "tasks": cfg.tasks_for(variant), **({"inputs": family.fingerprint()} if family is not None else {})}  # fmt: skip
+    params = {"variant": variant, "model": variant_cfg.model, "model_config": variant_cfg.config, "seeds": cfg.seeds,
+              "tasks": cfg.tasks_for(variant), "encoder": loaded.data.encoder_cfg.model_dump(),
+              "feature_spec": encoder.spec_key, **({"inputs": variant_cfg.inputs} if variant_cfg.inputs else {})}  # fmt: skip
+    tags = {"memeops.validation_passed": validation_passed(validation_report), "memeops.feature_spec": encoder.spec_key,
+            "memeops.run_kind": "model"}  # fmt: skip
+    run_args = {"experiment": cfg.experiment, "stage": stage or "train", "variant": variant,
+                "data_digest": digest, "params": params, "extra_tags": tags}  # fmt: skip
+    parent_id = None if runner.in_process else open_run(**run_args, run_name=variant, seed=None)
+    jobs = [SeedJob(variant, seed, cfg, fingerprint, work_dir, run_args, parent_id) for seed in cfg.seeds]
+    return VariantPlan(variant, family, run_args, jobs, parent_id)
+
+
+def finish_variant(plan: VariantPlan, cfg: TrainStageConfig, encoder_cfg: Any, runner: SeedRunner,
+                   queued: list[Future] | None, *, reports_dir: Path = Path("reports"),
+                   models_dir: Path = Path("models"), predictions_dir: Path = Path("data/train")) -> dict[str, Any]:  # fmt: skip
+    """In the variant's run: wait for (or, in process, train) its seeds, then select, summarise,
+    report, track and register it (see the module docstring)."""
+    variant, memes = plan.variant, runner.context.memes
+    digest = plan.run_args["data_digest"]
+    with tracked_run(**plan.run_args, run_name=variant, seed=None, run_id=plan.parent_run_id):
+        for split in ("train", "val", "test"):
+            log_dataset(memes[memes["split"] == split], name=f"memes-{split}", digest=digest, context=split)
+        outcomes = runner.collect(plan.jobs, queued)
+        mode = cfg.trainer_config(variant).monitor_mode
+        chosen = select_seed({o.seed: o.result.fit.best_value for o in outcomes}, mode)
+        selected = next(o for o in outcomes if o.seed == chosen)
+        report, table = seed_report(variant, cfg, outcomes, selected, memes)
+
+        metrics_path = reports_dir / "metrics" / f"{variant}.json"
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        predictions_dir.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(predictions_dir / f"{variant}.parquet", index=False)
+        curve_csv = history_csv(selected.result.fit.history, reports_dir / "plots" / "train" / f"{variant}.csv")
+        log_metrics({split: report[split] for split in selected.result.metrics})  # seed means
+        mlflow.set_tags({"memeops.selected_seed": str(chosen), "memeops.selection_rule": SELECTION_RULE})
+        mlflow.log_artifact(str(metrics_path), artifact_path="metrics")
+        mlflow.log_artifact(str(curve_csv), artifact_path="curves")
+        registered = package_selected(variant, cfg, encoder_cfg, selected, plan.family, models_dir)
+    if registered is not None:
+        report["registered"] = registered
+    return report
+
+
+def run_variants(variants: Sequence[str], cfg: TrainStageConfig, encoder_cfg: Any, runner: SeedRunner, *,
+                 memes_path: Path, validation_report: Path, stages: Mapping[str, str] | None = None,
+                 **paths: Path) -> Iterator[tuple[str, dict[str, Any]]]:  # fmt: skip
+    """``(variant, report)`` for each of ``variants`` in order, every variant's seeds queued on the
+    workers up front: while this process packages and registers one variant, the workers train the
+    next ones, and a core a finishing variant leaves free goes to the next variant's seeds (each seed
+    trains as it would alone: the outputs do not change). ``stages``: the DVC stage per variant
+    (default ``train``); ``paths``: ``reports_dir`` / ``models_dir`` / ``predictions_dir`` /
+    ``work_dir`` overrides. Runs opened ahead and never reached (a variant failed) end FAILED."""
+    work = {"work_dir": paths.pop("work_dir")} if "work_dir" in paths else {}
+    plans = [plan_variant(v, cfg, runner, memes_path=memes_path, validation_report=validation_report,
+                          stage=(stages or {}).get(v), **work) for v in variants]  # fmt: skip
+    queued = [runner.submit(plan.jobs) for plan in plans]
+    try:
+        for plan, futures in zip(plans, queued):
+            yield plan.variant, finish_variant(plan, cfg, encoder_cfg, runner, futures, **paths)
+    finally:
+        fail_runs([plan.parent_run_id for plan in plans if plan.parent_run_id is not None])
+
+
 def run_variant(
     variant: str,
     cfg: TrainStageConfig,
@@ -171,46 +261,14 @@ def run_variant(
             return run_variant(variant, cfg, encoder_cfg, memes_path=memes_path, feature_dir=feature_dir,
                                validation_report=validation_report, reports_dir=reports_dir, models_dir=models_dir,
                                predictions_dir=predictions_dir, work_dir=work_dir, stage=stage, runner=own)  # fmt: skip
-    loaded = runner.context
-    memes, encoder = loaded.memes, loaded.encoder
-    digest = file_md5(memes_path)
-    variant_cfg = cfg.variant(variant)
-    family = loaded.family(variant, cfg)
-    fingerprint = {"data": digest, "features": encoder.spec_key, "variant": variant_cfg.model_dump(),
-                   "tasks": cfg.tasks_for(variant), **({"inputs": family.fingerprint()} if family is not None else {})}  # fmt: skip
-    params = {"variant": variant, "model": variant_cfg.model, "model_config": variant_cfg.config, "seeds": cfg.seeds,
-              "tasks": cfg.tasks_for(variant), "encoder": encoder_cfg.model_dump(), "feature_spec": encoder.spec_key,
-              **({"inputs": variant_cfg.inputs} if variant_cfg.inputs else {})}  # fmt: skip
-    tags = {"memeops.validation_passed": validation_passed(validation_report), "memeops.feature_spec": encoder.spec_key,
-            "memeops.run_kind": "model"}  # fmt: skip
-    run_args = {"experiment": cfg.experiment, "stage": stage or "train", "variant": variant,
-                "data_digest": digest, "params": params, "extra_tags": tags}  # fmt: skip
-
-    with tracked_run(**run_args, run_name=variant, seed=None) as parent:
-        for split in ("train", "val", "test"):
-            log_dataset(memes[memes["split"] == split], name=f"memes-{split}", digest=digest, context=split)
-        parent_id = None if runner.in_process else parent.info.run_id  # in process: nested under the active run
-        outcomes = runner.train([SeedJob(variant, seed, cfg, fingerprint, work_dir, run_args, parent_id)
-                                 for seed in cfg.seeds])  # fmt: skip
-        mode = cfg.trainer_config(variant).monitor_mode
-        chosen = select_seed({o.seed: o.result.fit.best_value for o in outcomes}, mode)
-        selected = next(o for o in outcomes if o.seed == chosen)
-        report, table = seed_report(variant, cfg, outcomes, selected, memes)
-
-        metrics_path = reports_dir / "metrics" / f"{variant}.json"
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        predictions_dir.mkdir(parents=True, exist_ok=True)
-        table.to_parquet(predictions_dir / f"{variant}.parquet", index=False)
-        curve_csv = history_csv(selected.result.fit.history, reports_dir / "plots" / "train" / f"{variant}.csv")
-        log_metrics({split: report[split] for split in selected.result.metrics})  # seed means
-        mlflow.set_tags({"memeops.selected_seed": str(chosen), "memeops.selection_rule": SELECTION_RULE})
-        mlflow.log_artifact(str(metrics_path), artifact_path="metrics")
-        mlflow.log_artifact(str(curve_csv), artifact_path="curves")
-        registered = package_selected(variant, cfg, encoder_cfg, selected, family, models_dir)
-    if registered is not None:
-        report["registered"] = registered
-    return report
+    plan = plan_variant(variant, cfg, runner, memes_path=memes_path, validation_report=validation_report,
+                        stage=stage, work_dir=work_dir)  # fmt: skip
+    try:
+        return finish_variant(plan, cfg, encoder_cfg, runner, runner.submit(plan.jobs), reports_dir=reports_dir,
+                              models_dir=models_dir, predictions_dir=predictions_dir)  # fmt: skip
+    finally:
+        if plan.parent_run_id is not None:
+            fail_runs([plan.parent_run_id])
 
 
 def follow_variant(variant: str, cfg: TrainStageConfig, encoder_cfg: Any, rank: int, *, memes_path: Path,

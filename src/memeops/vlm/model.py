@@ -124,11 +124,21 @@ class TinyVLM(nn.Module):
         """Logits ``[N, V]`` at the N answer positions only, their targets ``[N]`` and the ``[B, T]``
         answer mask. The vocabulary projection dominates a decoder this small; skipping it on the
         prompt (about 3/4 of the tokens) makes a training step ~1.5x faster than ``forward``."""
-        embeds, mask = self._inputs(image_emb, input_ids, attention_mask)
-        hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        hidden = hidden[:, self.cfg.prefix_tokens - 1 : -1]  # position t predicts input token t
+        hidden = self.token_hidden(image_emb, input_ids, attention_mask)
         answer = labels != IGNORE
-        return self.decoder.lm_head(hidden[answer]).float(), labels[answer], answer
+        return self.vocab_logits(hidden[answer]), labels[answer], answer
+
+    def token_hidden(self, image_emb: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``[B, T, H]`` last decoder states, position t the one that predicts input token t (the
+        vocabulary projection left to :meth:`vocab_logits`, for the positions that need it)."""
+        embeds, mask = self._inputs(image_emb, input_ids, attention_mask)
+        # get_decoder: the bare LlamaModel, also through a peft wrapper (``.model`` there is the LM)
+        hidden = self.decoder.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return hidden[:, self.cfg.prefix_tokens - 1 : -1]
+
+    def vocab_logits(self, hidden: Tensor) -> Tensor:
+        """``[..., V]`` float logits of decoder states."""
+        return self.decoder.get_output_embeddings()(hidden).float()
 
     @torch.no_grad()
     def token_logprobs(self, image_emb: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -189,6 +189,26 @@ def _terminators(tokenizer: Any) -> list[int]:
     return ends
 
 
+def _answer_logliks(model: TinyVLM, image_emb: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                    is_answer: Tensor, ends: Sequence[int]) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Per row, the log-likelihood of its answer tokens with the last one (``</s>``) replaced by the
+    probability mass of every terminator, and the number of terms. The vocabulary projection runs on
+    the answer positions only: in a decoder this small it costs more than the layers, and the prompt
+    is most of each row."""
+    hidden = model.token_hidden(image_emb, input_ids, attention_mask)
+    logp = model.vocab_logits(hidden[is_answer]).log_softmax(-1)  # [N, V], rows in mask order
+    token_lp = logp.gather(-1, input_ids[is_answer].unsqueeze(-1)).squeeze(-1)
+    rows = torch.arange(len(input_ids))
+    last = is_answer.long().cumsum(1).argmax(1)  # position of </s> (the last answer label)
+    is_last = torch.zeros_like(is_answer)
+    is_last[rows, last] = True
+    is_last = is_last[is_answer]  # one per row, in row order
+    end_lp = torch.logsumexp(logp[is_last][:, list(ends)], dim=-1)
+    body_rows = rows.unsqueeze(1).expand_as(is_answer)[is_answer][~is_last]
+    body = torch.zeros(len(input_ids), dtype=token_lp.dtype).index_add_(0, body_rows, token_lp[~is_last])
+    return body + end_lp, is_answer.sum(1)
+
+
 def score_candidates(model: TinyVLM, tokenizer: Any, samples: Sequence[InstructionSample],
                      images: Mapping[str, tuple[np.ndarray, np.ndarray]], cfg: VLMTrainConfig) -> list[np.ndarray]:  # fmt: skip
     """Per sample, P(label) over its task's candidates from length-normalised log-likelihoods of
@@ -207,16 +227,7 @@ def score_candidates(model: TinyVLM, tokenizer: Any, samples: Sequence[Instructi
             enc = encode_pairs(tokenizer, [samples[i].prompt for i, _ in part], answers, cfg.max_length)
             is_answer = enc["labels"] != IGNORE  # answer tokens + the closing </s>
             embeds_img = _image_batch([samples[i] for i, _ in part], images, None)
-            full, mask = model._inputs(embeds_img, enc["input_ids"], enc["attention_mask"])
-            logits = model.decoder(inputs_embeds=full, attention_mask=mask).logits.float()
-            logp = logits[:, model.cfg.prefix_tokens - 1 : -1].log_softmax(-1)  # predicts input token t
-            token_lp = logp.gather(-1, enc["input_ids"].unsqueeze(-1)).squeeze(-1)
-            last = is_answer.long().cumsum(1).argmax(1)  # position of </s> (the last answer label)
-            end_lp = torch.logsumexp(logp[torch.arange(len(part)), last][:, ends], dim=-1)
-            body = is_answer.clone()
-            body[torch.arange(len(part)), last] = False  # the </s> slot is replaced by the end mass
-            sums = (token_lp * body).sum(1) + end_lp
-            lens = body.sum(1) + 1
+            sums, lens = _answer_logliks(model, embeds_img, enc["input_ids"], enc["attention_mask"], is_answer, ends)
             for (i, c), v, n in zip(part, sums.tolist(), lens.tolist()):
                 loglik[i][c], count[i][c] = v, n
     return [label_probabilities(ll[None, :], n[None, :])[0] for ll, n in zip(loglik, count)]
