@@ -31,7 +31,7 @@ from memeops import runtime
 runtime.configure()
 import mlflow
 runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`memeops.run_kind` = 'model'")
-parents = runs[runs["tags.memeops.seed"].isna() & runs["tags.memeops.stage"].isin(["train", "train_mgmcf"])]
+parents = runs[runs["tags.memeops.seed"].isna() & runs["tags.memeops.dvc_stage"].isin(["train", "train_mgmcf"])]
 children = runs["tags.mlflow.parentRunId"].value_counts()
 print(json.dumps({r["tags.memeops.variant"]: [r["status"], int(children.get(r["run_id"], 0))]
                   for _, r in parents.iterrows()}))
@@ -129,6 +129,14 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     assert {r["group"] for r in ablations} == {"mgmcf", "gatedclip"} and len(ablations) == 16, ablations
     assert all(r["n_seeds"] == "2" for r in ablations), ablations
     assert "ablation chart" in page and (project_copy / "data" / "ablate" / "predictions.parquet").is_file()
+    # the gatedclip group's baselines are stage train's seeds, read (same settings and seed), not retrained
+    runs_csv = pd.read_csv(project_copy / "reports" / "ablate" / "runs.csv")
+    reused = runs_csv[runs_csv["trained_in"] == "train"]
+    assert sorted(set(reused["arm"])) == ["concat", "cross", "image_only", "text_only"] and len(reused) == 8, runs_csv
+    ablated = pd.read_parquet(project_copy / "data" / "ablate" / "predictions.parquet")
+    trained = pd.read_parquet(project_copy / "data" / "train" / "text_only.parquet").query("split == 'test'")
+    arm = ablated.query("group == 'gatedclip' and arm == 'text_only'")
+    assert len(arm) == len(trained) and sorted(map(tuple, arm["probs"])) == sorted(map(tuple, trained["probs"]))
     second = _run(["dvc", "repro"], project_copy, env)
     assert second.returncode == 0, second.stderr
     assert "Running stage" not in second.stdout, second.stdout

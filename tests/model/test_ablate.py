@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from memeops.config import TrainStageConfig
 from memeops.data.features import FeatureStore
+from memeops.stats import ArmRun
 from memeops.timing import is_timing_key
 from memeops.training.ablate import (
     AblateConfig,
@@ -116,10 +117,76 @@ def test_runs_are_scored_on_test_aligned_by_meme_and_deterministic(tmp_path: Pat
     ordered = ordered_runs(runs, cfg)
     assert [(r.arm, r.seed) for r in ordered] == [(a, s) for a in ("full", "no_gate", "text_only") for s in (0, 1)]
     frame = runs_frame(ordered)
-    assert list(frame.columns[:4]) == ["group", "arm", "seed", "best_epoch"] and len(frame) == 6
+    assert list(frame.columns[:5]) == ["group", "arm", "seed", "trained_in", "best_epoch"] and len(frame) == 6
+    assert set(frame["trained_in"]) == {"ablate"}
     assert not [c for c in frame.columns if is_timing_key(c)]  # a DVC out: no wall-clock column
     long = predictions_long(ordered)
     assert len(long) == 6 * 2 * 20 and set(long["task"]) == {"hateful", "sentiment"}
+
+
+def _same_protocol(**extra: object) -> AblateConfig:
+    """_ablate without the group protocol: arms train as stage train trains their variant."""
+    base = _ablate(**extra).model_dump()
+    base["groups"]["gatedclip"]["trainer"] = {}
+    return AblateConfig.model_validate(base)
+
+
+def test_only_jobs_with_stage_trains_exact_settings_are_reused() -> None:
+    from memeops.training.ablate_reuse import reusable_jobs
+
+    cfg = _same_protocol(gate={"group": "gatedclip", "arm": "full"})
+    reused = reusable_jobs(cfg, build_jobs(cfg, TRAIN), TRAIN)
+    # full: the gate arm (needs the gate per meme); no_gate: its own config and lr
+    assert sorted((j.arm, j.seed) for j in reused) == [("text_only", 0), ("text_only", 1)]
+    assert [j.arm for j in reusable_jobs(_same_protocol(), build_jobs(_same_protocol(), TRAIN), TRAIN)].count("full") == 2
+    assert reusable_jobs(_ablate(), build_jobs(_ablate(), TRAIN), TRAIN) == []  # the group's own protocol
+    val_split = _same_protocol(split="val")
+    assert reusable_jobs(val_split, build_jobs(val_split, TRAIN), TRAIN) == []  # train keeps test splits only
+    no_seed = TRAIN.model_copy(update={"seeds": [0]})
+    assert {j.seed for j in reusable_jobs(_same_protocol(), build_jobs(_same_protocol(), no_seed), no_seed)} == {0}
+
+
+def test_reused_runs_are_the_runs_stage_train_wrote(tmp_path: Path, cached_features) -> None:
+    """Train the text_only arm here, write it as stage train does, read it back: the same predictions,
+    best epoch and val scores, aligned to the same memes."""
+    import json
+
+    from memeops.training.ablate_reuse import load_train_runs, reusable_jobs
+    from memeops.training.experiment import trainable_specs
+    from memeops.training.seed_runs import predictions_table
+
+    cfg = _same_protocol()
+    jobs = [j for j in reusable_jobs(cfg, build_jobs(cfg, TRAIN), TRAIN) if j.arm == "text_only"]
+    worker = _worker(tmp_path, cached_features)
+    trained = ordered_runs(run_jobs(jobs, worker, workers=1), cfg)
+    table = predictions_table({"test": [ArmRun("train", "text_only", r.seed, r.predictions, {}, 0, 0.0) for r in trained]})
+    (tmp_path / "data").mkdir()
+    table.to_parquet(tmp_path / "data" / "text_only.parquet", index=False)
+    seed_runs = {str(r.seed): {"best_epoch": r.best_epoch, "val": dict(r.val_metrics)} for r in trained}
+    (tmp_path / "text_only.json").write_text(json.dumps({"seed_runs": seed_runs}), encoding="utf-8")
+    specs = {s.name: s for s in trainable_specs(worker.memes, TRAIN.tasks)[0]}
+    read = ordered_runs(load_train_runs(jobs, "test", specs, worker.memes, predictions_dir=tmp_path / "data",
+                                        reports_dir=tmp_path), cfg)  # fmt: skip
+    for mine, theirs in zip(read, trained, strict=True):
+        assert (mine.group, mine.arm, mine.seed, mine.best_epoch) == (theirs.group, theirs.arm, theirs.seed, theirs.best_epoch)
+        assert mine.predictions.meme_ids == theirs.predictions.meme_ids and mine.val_metrics == theirs.val_metrics
+        for task, probs in theirs.predictions.probs.items():
+            np.testing.assert_allclose(mine.predictions.probs[task], probs, rtol=0, atol=1e-7)
+            np.testing.assert_array_equal(mine.predictions.targets[task], theirs.predictions.targets[task])
+    with pytest.raises(FileNotFoundError, match="cross.parquet is missing"):
+        load_train_runs([j.__class__(**{**j.__dict__, "variant": "cross"}) for j in jobs[:1]], "test", specs,
+                        worker.memes, predictions_dir=tmp_path / "data", reports_dir=tmp_path)  # fmt: skip
+
+
+def test_dvc_ablate_depends_on_every_train_variants_outputs(repo_root: Path) -> None:
+    """Whatever arm the params make reusable, its files are ablate dependencies (a retrained variant
+    re-runs the ablation)."""
+    import yaml
+
+    deps = set(yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["ablate"]["deps"])
+    variants = yaml.safe_load((repo_root / "params.yaml").read_text())["train"]["variants"]
+    missing = [f for v in variants for f in (f"data/train/{v}.parquet", f"reports/metrics/{v}.json") if f not in deps]
+    assert not missing, missing
 
 
 def test_a_metric_the_tasks_cannot_have_is_a_one_line_config_error() -> None:

@@ -19,7 +19,7 @@ import json
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,12 +303,16 @@ def ordered_runs(runs: Sequence[ArmRun], cfg: AblateConfig) -> list[ArmRun]:
     return sorted(runs, key=lambda r: (*rank[(r.group, r.arm)], cfg.seeds.index(r.seed)))
 
 
-def runs_frame(runs: Sequence[ArmRun]) -> pd.DataFrame:
-    """One row per run: group, arm, seed, best epoch and the val score selection saw. No seconds: the
-    table is a DVC out and must repeat byte for byte (each run's seconds are on its MLflow run)."""
+def runs_frame(runs: Sequence[ArmRun], reused: Set[tuple[str, str, int]] = frozenset()) -> pd.DataFrame:
+    """One row per run: group, arm, seed, where it was trained (``ablate``, or ``train`` for a run
+    read from stage train: :mod:`memeops.training.ablate_reuse`), best epoch and the val score
+    selection saw. No seconds: the table is a DVC out and must repeat byte for byte (each run's
+    seconds are on its MLflow run)."""
     rows = []
     for run in runs:
-        row = {"group": run.group, "arm": run.arm, "seed": run.seed, "best_epoch": run.best_epoch}
+        trained_in = "train" if (run.group, run.arm, run.seed) in reused else "ablate"
+        row = {"group": run.group, "arm": run.arm, "seed": run.seed, "trained_in": trained_in,
+               "best_epoch": run.best_epoch}  # fmt: skip
         row.update({f"val/{k}": v for k, v in sorted(run.val_metrics.items()) if k.endswith(("macro_f1", "auroc"))})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -21,6 +21,7 @@ from memeops.config import ConfigError, TrainStageConfig
 from memeops.models.base import TaskSpec
 from memeops.stats import ArmRun
 from memeops.training.ablate import AblateConfig, AblationData, ArmJob, ordered_runs, run_jobs
+from memeops.training.ablate_reuse import load_train_runs, reusable_jobs
 
 PREDICTIONS = Path("data/ablate/predictions.parquet")
 
@@ -64,22 +65,31 @@ def run_ablation(cfg: AblateConfig, train: TrainStageConfig, jobs: list[ArmJob],
     from memeops.tracking.runs import file_md5, tracked_run
     from memeops.training.experiment import trainable_specs
 
-    def progress(job: Any, run: Any, n_done: int) -> None:
-        print(f"ablate [{n_done:>3}/{len(jobs)}] {job.group}/{job.arm} seed {job.seed}: best epoch "
-              f"{run.best_epoch}, {run.seconds:.1f} s", flush=True)  # fmt: skip
-
     memes = read_memes(data.memes_path)
     specs = {s.name: s for s in trainable_specs(memes, train.tasks)[0]}
     check_metric_names(cfg, specs)  # a typo fails now, not after the training
     digest = file_md5(data.memes_path)
+    reused = reusable_jobs(cfg, jobs, train)  # the seeds stage train already trained, as they are
+    fresh = [j for j in jobs if j not in reused]
+
+    def progress(job: Any, run: Any, n_done: int) -> None:
+        print(f"ablate [{n_done:>3}/{len(fresh)}] {job.group}/{job.arm} seed {job.seed}: best epoch "
+              f"{run.best_epoch}, {run.seconds:.1f} s", flush=True)  # fmt: skip
+
+    from_train = load_train_runs(reused, cfg.split, specs, memes)  # a missing file fails before any training
+    if reused:
+        print(f"ablate: {len(reused)} runs read from stage train (same settings and seed): "
+              f"{', '.join(sorted({f'{j.group}/{j.arm}' for j in reused}))}", flush=True)  # fmt: skip
     with tracked_run(experiment=experiment, run_name="ablate", stage="ablate", variant=None, seed=None,
                      data_digest=digest, params={"ablate": cfg.model_dump(mode="json")},
                      system_metrics=False):  # fmt: skip
-        runs = ordered_runs(run_jobs(jobs, data, workers=cfg.workers, split=cfg.split, on_done=progress), cfg)
+        trained = run_jobs(fresh, data, workers=cfg.workers, split=cfg.split, on_done=progress) if fresh else []
+        runs = ordered_runs([*trained, *from_train], cfg)
         # image paths are relative to their source_root, itself relative to the project root (cwd)
+        reused_keys = {(j.group, j.arm, j.seed) for j in reused}
         written, metrics = write_outputs(cfg, runs, specs, memes, image_root=Path("."), reports=reports,
-                                         region_slots=region_slots(cfg, train))  # fmt: skip
-        log_to_mlflow(cfg, runs, jobs, specs, digest, written, metrics)
+                                         region_slots=region_slots(cfg, train), reused=reused_keys)  # fmt: skip
+        log_to_mlflow(cfg, runs, jobs, specs, digest, written, metrics, reused=reused_keys)
     return runs, written
 
 
@@ -91,7 +101,8 @@ def _fresh(*dirs: Path) -> None:
 
 def write_outputs(cfg: AblateConfig, runs: list[ArmRun], specs: dict[str, TaskSpec], memes: pd.DataFrame,
                   image_root: Path, region_slots: slice | None = None, reports: Path = Path("reports"),
-                  predictions: Path = PREDICTIONS) -> tuple[list[Path], dict[str, Any]]:  # fmt: skip
+                  predictions: Path = PREDICTIONS, reused: set[tuple[str, str, int]] = frozenset()
+                  ) -> tuple[list[Path], dict[str, Any]]:  # fmt: skip
     """The statistics, checks, diagnostics and every declared output; returns the written paths and
     the dvc metrics (``reports/metrics/ablate.json``)."""
     from memeops import stats
@@ -120,7 +131,7 @@ def write_outputs(cfg: AblateConfig, runs: list[ArmRun], specs: dict[str, TaskSp
     written = report.write_ablation_reports(summary, claims, reports, headline=cfg.metrics[0], gate=gate,
                                             robustness=robustness, figures_dir=figures, plots_dir=plots,
                                             descriptions=descriptions)  # fmt: skip
-    runs_frame(runs).to_csv(runs_csv, index=False)
+    runs_frame(runs, reused).to_csv(runs_csv, index=False)
     predictions_long(runs).to_parquet(predictions, index=False)
     metrics_out.parent.mkdir(parents=True, exist_ok=True)
     metrics = report.ablation_metrics_json(summary, claims)
@@ -129,9 +140,11 @@ def write_outputs(cfg: AblateConfig, runs: list[ArmRun], specs: dict[str, TaskSp
 
 
 def log_to_mlflow(cfg: AblateConfig, runs: list[ArmRun], jobs: list[ArmJob], specs: dict[str, TaskSpec],
-                  digest: str, written: list[Path], metrics: dict[str, Any]) -> None:  # fmt: skip
+                  digest: str, written: list[Path], metrics: dict[str, Any],
+                  reused: set[tuple[str, str, int]] = frozenset()) -> None:  # fmt: skip
     """Child runs of the active (parent) run, one per arm and seed: overrides, test metrics, best
-    epoch; then the summary metrics and the written files on the parent."""
+    epoch (a run read from stage train is tagged ``memeops.reused_from=train``); then the summary
+    metrics and the written files on the parent."""
     import mlflow  # heavy: only when a run is logged
 
     from memeops.evaluation.metrics import all_metrics
@@ -143,6 +156,8 @@ def log_to_mlflow(cfg: AblateConfig, runs: list[ArmRun], jobs: list[ArmJob], spe
         vcfg = job.train.variant(job.variant)
         tags = lineage_tags(stage="ablate", variant=job.variant, seed=run.seed, data_digest=digest)
         tags.update({"memeops.ablation_group": run.group, "memeops.ablation_arm": run.arm})
+        if (run.group, run.arm, run.seed) in reused:
+            tags["memeops.reused_from"] = "train"
         with mlflow.start_run(run_name=f"{run.group}/{run.arm}/seed{run.seed}", nested=True, tags=tags):
             mlflow.log_params(flatten_params({"variant": job.variant, "model": vcfg.model, "config": vcfg.config,
                                               "inputs": vcfg.inputs, "trainer": vcfg.trainer}))  # fmt: skip

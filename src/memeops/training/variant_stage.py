@@ -81,6 +81,13 @@ def seed_means(outcomes: list[SeedOutcome]) -> dict[str, dict[str, float | None]
     return out
 
 
+def best_val_scores(fit: Any) -> dict[str, float]:
+    """``{task/metric: value}``: the macro-F1 and AUROC scores on VAL at the selected epoch."""
+    best = fit.history[fit.best_epoch - 1] if fit.history and fit.best_epoch else {}
+    return {k.removeprefix("val/"): float(v) for k, v in best.items()
+            if k.startswith("val/") and k.endswith(("macro_f1", "auroc"))}  # fmt: skip
+
+
 def seed_report(variant: str, cfg: TrainStageConfig, outcomes: list[SeedOutcome], selected: SeedOutcome,
                 memes: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:  # fmt: skip
     """The variant's report (``reports/metrics/<variant>.json``) and its per-seed predictions table."""
@@ -106,6 +113,9 @@ def seed_report(variant: str, cfg: TrainStageConfig, outcomes: list[SeedOutcome]
         "selection": {"rule": SELECTION_RULE, "monitor": f"val/{monitor}", "selected_seed": selected.seed,
                       "val": {str(o.seed): o.result.fit.best_value for o in outcomes}},
         "selected": {split: rounded_metrics(m) for split, m in selected.result.metrics.items()},
+        # what stage ablate needs to reuse a seed as an arm's run (memeops.training.ablate_reuse)
+        "seed_runs": {str(o.seed): {"best_epoch": o.result.fit.best_epoch, "val": best_val_scores(o.result.fit)}
+                      for o in outcomes},
         "seed_summary": summary,
         "ci95": {split: {m: v["ci95"] for m, v in block.items()} for split, block in summary.items()
                  if split in TEST_SPLITS},
