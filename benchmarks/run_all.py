@@ -142,7 +142,7 @@ def render_markdown(bench: Mapping[str, Any]) -> str:
             None: "budget not judged (partial or overridden run)",
         }
         lines += [
-            "## Pipeline (fresh copy, `dvc repro --single-item` per stage)", "",
+            "## Pipeline (fresh copy)", "", f"Runner: {p.get('runner') or 'unknown'}.", "",
             (f"Total **{_fmt(p.get('total_seconds'), ' s')}** for {len(p.get('stages') or {})} stages, "
              f"budget {p.get('budget_seconds')} s: {verdict[p.get('within_budget')]}. No-op `dvc repro`: "
              f"{_fmt(p.get('noop_seconds'), ' s', 2)} (ran {len(p.get('noop_ran') or [])} stages)."),
