@@ -102,7 +102,7 @@ def run_timings(project: Path) -> dict[str, dict[str, float]]:
     from mlflow import MlflowClient
 
     from memeops.timing import is_timing_key
-    from memeops.tracking.runs import TAG_VARIANT
+    from memeops.tracking.runs import TAG_SEED, TAG_STAGE, TAG_VARIANT
 
     uri = runtime.default_tracking_uri(project)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -113,10 +113,12 @@ def run_timings(project: Path) -> dict[str, dict[str, float]]:
             for key, value in run.data.metrics.items() if variant else ():
                 if is_timing_key(key):
                     values.setdefault(variant, {}).setdefault(key, []).append(value)
-            if variant and "mlflow.parentRunId" not in run.data.tags and run.info.end_time:
-                # the variant's own (parent) run: its wall time, its share of a stage that trains several
+            tags = run.data.tags
+            if variant and tags.get(TAG_STAGE) == "train" and TAG_SEED in tags and run.info.end_time:
+                # a seed run: its wall time. Not the variant's parent run, which stage train opens when it
+                # queues the seeds, so its time includes the wait behind the variants before it.
                 seconds = (run.info.end_time - run.info.start_time) / 1000
-                values.setdefault(variant, {}).setdefault("run_seconds", []).append(seconds)
+                values.setdefault(variant, {}).setdefault("seed_run_seconds", []).append(seconds)
     return {v: {k: sum(xs) / len(xs) for k, xs in sorted(m.items())} for v, m in sorted(values.items())}
 
 
@@ -167,8 +169,8 @@ def collect_training(project: Path, variants: list[str], stage_seconds: Mapping[
         stage = {"vlm": "train_vlm", "mgmcf": "train_mgmcf"}.get(variant, f"train@{variant}")
         if stage in stage_seconds:
             entry["stage_seconds"] = round(stage_seconds[stage], 2)
-        elif logged.get("run_seconds") is not None:  # stage train: this variant's MLflow run, not the stage
-            entry["run_seconds"] = rounded(logged["run_seconds"])
+        elif logged.get("seed_run_seconds") is not None:  # stage train: its seed runs (mean), not the stage
+            entry["seed_run_seconds"] = rounded(logged["seed_run_seconds"])
         out[variant] = entry
     return out
 

@@ -164,11 +164,12 @@ def render_markdown(bench: Mapping[str, Any]) -> str:
     t = bench.get("training") or {}
     if t:
         lines += ["## Training throughput", "",
-                  "Seconds: the variant's own stage, or (\u2020) its MLflow run's wall time inside stage `train`.", "",
+                  ("Seconds: the variant's own stage, or (\u2020) the mean wall time of one of its seed runs inside "
+                   "stage `train` (the seeds of every variant queued on the stage's worker processes)."), "",
                   "| variant | samples/s | tokens/s | epochs | seconds |", "|---|---:|---:|---:|---:|"]  # fmt: skip
         for variant, e in t.items():
             seconds = _fmt(e.get("stage_seconds")) if e.get("stage_seconds") is not None else (
-                f"{_fmt(e.get('run_seconds'))} \u2020" if e.get("run_seconds") is not None else _fmt(None))
+                f"{_fmt(e.get('seed_run_seconds'))} \u2020" if e.get("seed_run_seconds") is not None else _fmt(None))
             lines.append(
                 f"| `{variant}` | {_fmt(e.get('train_samples_per_s'))}{' ≈' if e.get('kind') == 'vlm' else ''} | "
                 f"{_fmt(e.get('train_tokens_per_s'), digits=0)} | {_fmt(e.get('epochs_run'))} | {seconds} |"

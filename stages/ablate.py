@@ -4,7 +4,9 @@ Run from the project root as ``python -m stages.ablate``. Settings: ``params.abl
 (:class:`memeops.training.ablate.AblateConfig`; docs/ablations.md). Each arm of each group (MGMCF
 without object-level features, with concatenation instead of CAP, ...; GatedCLIP without its gate,
 projection or alignment term; the baselines) is trained once per seed under its group's protocol,
-selected on VAL and scored once on TEST (:mod:`memeops.training.ablate`); the statistics, mechanism
+selected on VAL and scored once on TEST (:mod:`memeops.training.ablate`) -- or, when its settings
+and seed are exactly those of a seed stage ``train`` trained, read from that stage's outputs
+(:mod:`memeops.training.ablate_reuse`: the same run, not trained twice); the statistics, mechanism
 checks, GatedCLIP gate diagnostics and MGMCF robustness curve come from :mod:`memeops.stats` and
 :mod:`memeops.evaluation.ablation`, the report files from :mod:`memeops.reporting.ablation`, the
 orchestration from :mod:`memeops.training.ablate_stage`. Tuned params
@@ -12,7 +14,7 @@ orchestration from :mod:`memeops.training.ablate_stage`. Tuned params
 stage ``train``.
 
 Writes ``reports/ablations.csv`` / ``.md`` (what the report page shows), ``reports/ablate/runs.csv``
-(one row per run: best epoch, seconds, val scores), ``reports/metrics/ablate.json`` (dvc metrics),
+(one row per run: where it was trained, best epoch, val scores), ``reports/metrics/ablate.json`` (dvc metrics),
 ``reports/plots/ablate/<group>.csv`` (dvc plots), ``reports/figures/ablate/*.png`` and
 ``data/ablate/predictions.parquet`` (every run's per-meme test probabilities: the raw material of
 every number). One MLflow parent run (stage ``ablate``, lineage tags) holds the summary metrics and

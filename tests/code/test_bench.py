@@ -68,7 +68,7 @@ def test_collectors_on_fixture_reports(tmp_path: Path) -> None:
     for variant in ("gatedclip", "gatedclip_mt", "mgmcf"):
         _write(metrics / f"{variant}.json", {"epochs_run": 2, "best_epoch": 1})
     _write(metrics / "vlm.json", {"regime": "unified", "train_samples": 300, "models": {"unified": {"epochs": 2}}})
-    timings = {"gatedclip": {"fit/train_samples_per_s": 1234.5678}, "gatedclip_mt": {"run_seconds": 7.25},
+    timings = {"gatedclip": {"fit/train_samples_per_s": 1234.5678}, "gatedclip_mt": {"seed_run_seconds": 7.25},
                "vlm": {"models/unified/fit_seconds": 10.0, "models/unified/train_tokens_per_s": 5000.0}}  # fmt: skip
     stage_seconds = {"train@gatedclip": 3.0, "train_mgmcf": 9.0, "train_vlm": 12.0}
     training = collect.collect_training(tmp_path, VARIANTS, stage_seconds, timings)
@@ -77,7 +77,7 @@ def test_collectors_on_fixture_reports(tmp_path: Path) -> None:
                                      "stage_seconds": 3.0}  # fmt: skip
     assert training["mgmcf"]["stage_seconds"] == 9.0 and training["mgmcf"]["train_samples_per_s"] is None
     # a variant of the one-process stage train: no stage of its own, its MLflow run's wall time instead
-    assert training["gatedclip_mt"]["run_seconds"] == collect.rounded(7.25) and "stage_seconds" not in training[
+    assert training["gatedclip_mt"]["seed_run_seconds"] == collect.rounded(7.25) and "stage_seconds" not in training[
         "gatedclip_mt"]  # fmt: skip
     assert training["text_only"] == {"missing": True}
     assert training["vlm"]["train_tokens_per_s"] == 5000 and training["vlm"]["train_samples_per_s"] == 60.0
