@@ -18,7 +18,7 @@ help:
 	@echo "make verify  - rebuild the pipeline in a temp copy, check every headline number against its committed"
 	@echo "               interval (reports/comparison.csv, ablations.csv vs \$$VERIFY_BASELINE, HEAD); docs/reproducibility.md"
 	@echo "make ui      - MLflow UI on the project's tracking store (http://127.0.0.1:5000)"
-	@echo "make serve   - serve models:/memeops-\$$VARIANT@\$$ALIAS (gatedclip@champion) on http://127.0.0.1:\$$PORT (5001)"
+	@echo "make serve   - serve models:/memeops-\$$VARIANT@\$$ALIAS (gatedclip@champion, else @challenger) on http://127.0.0.1:\$$PORT (5001)"
 	@echo "               POST /invocations; docs/serving.md"
 	@echo "make mlflow-server - MLflow tracking server for many clients (loopback; MLFLOW_BACKEND_STORE_URI /"
 	@echo "               MLFLOW_ARTIFACTS_DESTINATION for Postgres + S3; docs/scaleout.md)"
@@ -84,9 +84,10 @@ ui: install
 VARIANT ?= gatedclip
 ALIAS ?= champion
 PORT ?= 5001
+# ALIAS=champion (default) falls back to @challenger, and says so, while nothing is promoted yet.
 serve: install
-	$(RUNTIME_ENV) && mlflow models serve -m "models:/memeops-$(VARIANT)@$(ALIAS)" \
-		--host 127.0.0.1 --port $(PORT) --env-manager local
+	$(RUNTIME_ENV) && uri="$$(memeops serve-uri $(VARIANT) --alias $(ALIAS))" && \
+		mlflow models serve -m "$$uri" --host 127.0.0.1 --port $(PORT) --env-manager local
 
 # The tracking server for several clients (they set MLFLOW_TRACKING_URI=http://<host>:<port>).
 # Defaults: the project's sqlite store and mlartifacts/, on loopback. Overrides (docs/scaleout.md):

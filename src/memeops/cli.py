@@ -125,7 +125,9 @@ def predict(
         frame = pd.DataFrame({"image": [str(Path(p).resolve()) for p in images], "text": texts})
         records = _prediction_records(predictor.predict(frame))
     except user_errors as exc:
-        _fail(str(exc) or type(exc).__name__)
+        from memeops.tracking.registry import explain_missing_alias
+
+        _fail(explain_missing_alias(model) or str(exc) or type(exc).__name__)
     if as_json:
         rows = zip(images, texts, records, strict=True)
         out = [{"image": i, "text": t, "predictions": r} for i, t, r in rows]
@@ -152,6 +154,24 @@ PROMOTE_HELP = (
     "Prints the decision on one line (--json: all of it). Exit code 0 for promoted, kept, refused and "
     "--dry-run; errors (unknown variant, no challenger, bad params) print one line and exit with code 2."
 )
+
+
+@app.command("serve-uri")
+def serve_uri(
+    variant: Annotated[str, typer.Argument(help="the variant: registered model memeops-<variant>")],
+    alias: Annotated[str, typer.Option(help="the alias to serve")] = "champion",
+) -> None:
+    """Print the models:/ URI `make serve` serves: memeops-VARIANT@ALIAS, or @challenger (said on
+    stderr) while nothing is champion yet; one-line error with what to run when neither exists."""
+    from memeops.tracking.registry import servable_uri
+
+    try:
+        uri, note = servable_uri(variant, alias)
+    except LookupError as exc:
+        _fail(str(exc))
+    if note:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(uri)
 
 
 @app.command(help=PROMOTE_HELP)

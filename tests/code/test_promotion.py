@@ -389,3 +389,34 @@ def test_prefect_flow_promotes(tmp_path: Path, repo_root: Path, prefect_harness)
     assert result["decision"] == PROMOTED and result["champion_after"] == v2
     assert _champion(variant) == v2
     assert not math.isnan(result["p_value"])
+
+
+def test_serving_falls_back_to_the_challenger_until_something_is_champion() -> None:
+    """make serve's URI (memeops serve-uri): the champion, else the challenger with a note, else a
+    one-line error that says what to run; memeops predict explains a missing alias the same way."""
+    from typer.testing import CliRunner
+
+    from memeops.cli import app
+    from memeops.tracking.registry import explain_missing_alias, servable_uri
+
+    variant = _variant()
+    name = registered_model_name(variant)
+    with pytest.raises(LookupError, match=r"@champion does not exist: train and register it first"):
+        servable_uri(variant)  # nothing registered yet
+    v1 = _register(variant, _predictions(0.5, seed=0))
+    uri, note = servable_uri(variant)
+    assert uri == f"models:/{name}@challenger" and f"memeops promote {variant}" in note
+    assert f"memeops promote {variant}" in explain_missing_alias(f"models:/{name}@champion")
+    assert explain_missing_alias(f"models:/{name}@challenger") is None and explain_missing_alias("/a/folder") is None
+    with pytest.raises(LookupError, match=r"@staging does not exist: train and register it first"):
+        servable_uri(variant, "staging")
+    runner = CliRunner()
+    result = runner.invoke(app, ["serve-uri", variant])
+    assert result.exit_code == 0 and result.stdout.strip() == f"models:/{name}@challenger", result.output
+    assert "note: no @champion" in result.stderr
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", v1)
+    assert servable_uri(variant) == (f"models:/{name}@champion", None)
+    result = runner.invoke(app, ["serve-uri", _variant()])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    result = runner.invoke(app, ["predict", "--model", f"models:/{name}@gone", __file__])
+    assert result.exit_code == 2 and "@gone does not exist: train and register it first" in result.stderr

@@ -93,6 +93,40 @@ def alias_version(name: str, alias: str = DEFAULT_ALIAS) -> str | None:
         return None
 
 
+def missing_alias_message(name: str, alias: str) -> str:
+    """One line: ``name@alias`` does not exist, and what to run about it (promote a challenger that
+    exists, else train)."""
+    variant = name.removeprefix("memeops-")
+    if alias == CHAMPION_ALIAS and alias_version(name, DEFAULT_ALIAS) is not None:
+        return (f"{name}@{alias} does not exist: nothing has been promoted yet; run `memeops promote {variant}` "
+                f"(or use @{DEFAULT_ALIAS}, the newest trained version)")  # fmt: skip
+    return f"{name}@{alias} does not exist: train and register it first (`make repro`, or `dvc repro` its stage)"
+
+
+def servable_uri(variant: str, alias: str = CHAMPION_ALIAS) -> tuple[str, str | None]:
+    """The ``models:/`` URI to serve for ``variant`` at ``alias``, and a note when it is not that
+    alias: right after ``make repro`` nothing is champion yet (promotion is a deliberate step), so
+    the champion falls back to the challenger and the note says so. :class:`LookupError` (one line,
+    what to run) when neither exists."""
+    name = registered_model_name(variant)
+    if alias_version(name, alias) is not None:
+        return alias_uri(name, alias), None
+    if alias == CHAMPION_ALIAS and alias_version(name, DEFAULT_ALIAS) is not None:
+        note = (f"no @{CHAMPION_ALIAS} for {name} yet: serving @{DEFAULT_ALIAS} "
+                f"(promote it with `memeops promote {variant}`)")  # fmt: skip
+        return alias_uri(name, DEFAULT_ALIAS), note
+    raise LookupError(missing_alias_message(name, alias))
+
+
+def explain_missing_alias(model_uri: str) -> str | None:
+    """For a ``models:/<name>@<alias>`` URI whose alias does not resolve, :func:`missing_alias_message`;
+    otherwise None (the URI is fine, or not an alias URI)."""
+    match = re.fullmatch(r"models:/([^@/]+)@([^@/]+)", model_uri.strip())
+    if match is None or alias_version(match.group(1), match.group(2)) is not None:
+        return None
+    return missing_alias_message(match.group(1), match.group(2))
+
+
 def promote(name: str, from_alias: str = DEFAULT_ALIAS, to_alias: str = CHAMPION_ALIAS) -> str:
     """Point ``to_alias`` at the version ``from_alias`` points at (e.g. challenger -> champion)."""
     import mlflow
