@@ -233,11 +233,12 @@ def test_oversized_images_are_refused_with_the_limit(server: str) -> None:
     big_file = _noise_png(3, 95)  # 9025 px, but ~27 kB of noise
     assert len(big_file) > MAX_BYTES
     message = _error(*_post(server, _split([[_b64(big_file), "x"]])))
-    assert message.startswith(f"row 0: image is {len(big_file)} bytes, over the limit of {MAX_BYTES} bytes"), message
+    assert message.startswith(f"row 0: the image file is too large: {len(big_file) / 1000:.1f} kB, and the limit is "
+                              f"{MAX_BYTES / 1000:.1f} kB; send a smaller"), message
     many_pixels = _png(np.zeros((200, 300, 3)))  # small file, 60000 px
     assert len(many_pixels) < MAX_BYTES
     message = _error(*_post(server, _split([[_b64(_noise_png(4, 40)), "ok"], [_b64(many_pixels), "x"]])))
-    assert message == f"row 1: image has 60000 pixels, over the limit of {MAX_PIXELS} pixels", message
+    assert message == f"row 1: the image is too large: 60,000 pixels, and the limit is {MAX_PIXELS:,} pixels; send it scaled down", message
 
 
 def test_missing_fields_are_named(server: str) -> None:
@@ -296,5 +297,7 @@ def test_make_serve_runs_mlflow_models_serve(repo_root: Path) -> None:
     commands = " ".join(proc.stdout.replace("\\\n", " ").split())
     line = next(ln for ln in commands.split(" && eval ") if "mlflow models serve" in ln)
     assert "memeops env" in line  # the project runtime env (offline switches, the project's store)
-    for part in ('-m "models:/memeops-mgmcf@challenger"', "--host 127.0.0.1", "--port 5099", "--env-manager local"):
+    # the URI comes from memeops serve-uri (the champion, else the challenger: tests/code/test_promotion.py)
+    for part in ("memeops serve-uri mgmcf --alias challenger", '-m "$uri"', "--host 127.0.0.1", "--port 5099",
+                 "--env-manager local"):  # fmt: skip
         assert part in line, line

@@ -163,6 +163,13 @@ def _header_pixels(source: bytes | str) -> float | None:
     return float(width) * float(height)
 
 
+def _bytes_text(n: int) -> str:
+    """``n`` bytes as a person reads it: ``12.0 MiB``, ``27.1 kB``, ``900 bytes``."""
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{n / 1000:.1f} kB" if n >= 1000 else f"{n} bytes"
+
+
 def check_image_limits(
     frame: pd.DataFrame, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, base64_only: bool = False,
@@ -208,17 +215,16 @@ def check_image_limits(
             size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
             pixels = None
         if max_bytes is not None and size is not None and size > max_bytes:
-            mib = f" ({max_bytes / 2**20:.3g} MiB)" if max_bytes >= 2**20 else ""
-            raise MemeInputError(f"row {row}: image is {size} bytes, over the limit of {max_bytes} bytes{mib}")
+            raise MemeInputError(f"row {row}: the image file is too large: {_bytes_text(size)}, and the limit is "
+                                 f"{_bytes_text(max_bytes)}; send a smaller or more compressed image")  # fmt: skip
         if source is not None and (max_pixels is not None or base64_only):
             pixels = _header_pixels(source)
             if pixels is None and base64_only:
                 raise MemeInputError(f"row {row}: base64 image data is not a readable image")
         if max_pixels is not None and pixels is not None and pixels > max_pixels:
-            shown = "more than Pillow's decompression-bomb limit" if math.isinf(pixels) else f"{int(pixels)}"
-            raise MemeInputError(
-                f"row {row}: image has {shown} pixels, over the limit of {max_pixels} pixels"
-            )
+            shown = "more pixels than Pillow will open" if math.isinf(pixels) else f"{int(pixels):,} pixels"
+            raise MemeInputError(f"row {row}: the image is too large: {shown}, and the limit is {max_pixels:,} "
+                                 "pixels; send it scaled down")  # fmt: skip
     if not changed:
         return frame
     return frame.assign(image=pd.Series(replaced, index=frame.index, dtype=object))
