@@ -129,6 +129,7 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     assert {r["group"] for r in ablations} == {"mgmcf", "gatedclip"} and len(ablations) == 16, ablations
     assert all(r["n_seeds"] == "2" for r in ablations), ablations
     assert "ablation chart" in page and (project_copy / "data" / "ablate" / "predictions.parquet").is_file()
+    assert (project_copy / "reports" / "ablations.md").read_text(encoding="utf-8").count("Protocol: every arm") == 2
     # the gatedclip group's baselines are stage train's seeds, read (same settings and seed), not retrained
     runs_csv = pd.read_csv(project_copy / "reports" / "ablate" / "runs.csv")
     reused = runs_csv[runs_csv["trained_in"] == "train"]

@@ -178,6 +178,16 @@ def test_reused_runs_are_the_runs_stage_train_wrote(tmp_path: Path, cached_featu
                         worker.memes, predictions_dir=tmp_path / "data", reports_dir=tmp_path)  # fmt: skip
 
 
+def test_the_report_says_which_protocol_each_group_trained_under() -> None:
+    from memeops.training.ablate_stage import protocol_lines
+
+    cheap = protocol_lines(_ablate(), TRAIN)["gatedclip"]  # the group's own 2 epochs; train's 3, patience 5
+    assert cheap.startswith("every arm trains 2 epochs, patience 5 (this group's cheaper protocol; gatedclip_mt's "
+                            "training stage: 3 epochs, patience 5)") and "`full` is the full model under" in cheap
+    same = protocol_lines(_same_protocol(), TRAIN)["gatedclip"]
+    assert same == "every arm trains as its variant does in its training stage (gatedclip_mt: 3 epochs, patience 5)."
+
+
 def test_dvc_ablate_depends_on_every_train_variants_outputs(repo_root: Path) -> None:
     """Whatever arm the params make reusable, its files are ablate dependencies (a retrained variant
     re-runs the ablation)."""

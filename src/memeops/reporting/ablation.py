@@ -150,6 +150,7 @@ def _group_markdown(
     descriptions: Mapping[str, str] | None,
     charts: Sequence[Path],
     out_dir: Path,
+    protocol: str | None = None,
 ) -> list[str]:
     """The group's table (one row per arm: ``mean ± std [CI]`` per metric, then ``Δ vs reference``
     per metric; split in two tables so each stays readable), findings, undefined metrics, charts."""
@@ -167,6 +168,7 @@ def _group_markdown(
     lines = [
         f"## {group}",
         "",
+        *([f"Protocol: {protocol}", ""] if protocol else []),
         "Test metrics, mean ± std over seeds [bootstrap CI]:",
         "",
         *_md_table(["arm", *(["description"] if has_desc else []), "seeds", *metrics], values),
@@ -348,12 +350,14 @@ def write_ablation_reports(
     plots_dir: str | Path | None = None,
     descriptions: Mapping[str, str] | None = None,
     reference: str | None = None,
+    protocols: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write ``ablations.csv``, ``ablations.md``, per-group ``dvc plots`` CSVs and the PNG figures.
 
     Defaults: ``figures_dir = <out_dir>/figures`` (the report page embeds every PNG there),
     ``plots_dir = <out_dir>/plots/ablate``. ``descriptions`` maps ``arm`` or ``group/arm`` to a one-line
-    description. Returns the written paths.
+    description; ``protocols`` maps a group to the line that says how its arms were trained (so
+    ``full`` reads as the protocol's full model, not the leaderboard's). Returns the written paths.
     """
     out = Path(out_dir)
     figs = Path(figures_dir) if figures_dir is not None else out / "figures"
@@ -380,7 +384,7 @@ def write_ablation_reports(
             if chart is not None:
                 charts.append(chart)
         written += [long_path, *charts]
-        md += _group_markdown(summary, group, ref, descriptions, charts, out)
+        md += _group_markdown(summary, group, ref, descriptions, charts, out, (protocols or {}).get(group))
     md += _claims_markdown(claims)
     if gate is not None:
         gate_figs = gate_figures(gate, figs)

@@ -20,7 +20,7 @@ import pandas as pd
 from memeops.config import ConfigError, TrainStageConfig
 from memeops.models.base import TaskSpec
 from memeops.stats import ArmRun
-from memeops.training.ablate import AblateConfig, AblationData, ArmJob, ordered_runs, run_jobs
+from memeops.training.ablate import AblateConfig, AblationData, ArmJob, ArmSpec, arm_variant, ordered_runs, run_jobs
 from memeops.training.ablate_reuse import load_train_runs, reusable_jobs
 
 PREDICTIONS = Path("data/ablate/predictions.parquet")
@@ -88,7 +88,8 @@ def run_ablation(cfg: AblateConfig, train: TrainStageConfig, jobs: list[ArmJob],
         # image paths are relative to their source_root, itself relative to the project root (cwd)
         reused_keys = {(j.group, j.arm, j.seed) for j in reused}
         written, metrics = write_outputs(cfg, runs, specs, memes, image_root=Path("."), reports=reports,
-                                         region_slots=region_slots(cfg, train), reused=reused_keys)  # fmt: skip
+                                         region_slots=region_slots(cfg, train), reused=reused_keys,
+                                         protocols=protocol_lines(cfg, train))  # fmt: skip
         log_to_mlflow(cfg, runs, jobs, specs, digest, written, metrics, reused=reused_keys)
     return runs, written
 
@@ -99,10 +100,27 @@ def _fresh(*dirs: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
 
 
+def protocol_lines(cfg: AblateConfig, train: TrainStageConfig) -> dict[str, str]:
+    """Per group, how its arms were trained, against how the base variant's training stage trains it."""
+    lines = {}
+    for name, group in cfg.groups.items():
+        stage = train.trainer_config(group.base)
+        own = f"{stage.epochs} epochs, patience {stage.patience}"
+        if not group.trainer.settings():
+            lines[name] = f"every arm trains as its variant does in its training stage ({group.base}: {own})."
+            continue
+        base, vcfg = arm_variant(train, group, ArmSpec(), train.seed)  # the base under the group's protocol
+        proto = train.model_copy(update={"variants": {base: vcfg}}).trainer_config(base)
+        lines[name] = (f"every arm trains {proto.epochs} epochs, patience {proto.patience} (this group's cheaper protocol; "
+                       f"{group.base}'s training stage: {own}), so `{group.reference}` is the full model under this "
+                       "protocol, not the leaderboard's model.")  # fmt: skip
+    return lines
+
+
 def write_outputs(cfg: AblateConfig, runs: list[ArmRun], specs: dict[str, TaskSpec], memes: pd.DataFrame,
                   image_root: Path, region_slots: slice | None = None, reports: Path = Path("reports"),
-                  predictions: Path = PREDICTIONS, reused: set[tuple[str, str, int]] = frozenset()
-                  ) -> tuple[list[Path], dict[str, Any]]:  # fmt: skip
+                  predictions: Path = PREDICTIONS, reused: set[tuple[str, str, int]] = frozenset(),
+                  protocols: dict[str, str] | None = None) -> tuple[list[Path], dict[str, Any]]:  # fmt: skip
     """The statistics, checks, diagnostics and every declared output; returns the written paths and
     the dvc metrics (``reports/metrics/ablate.json``)."""
     from memeops import stats
@@ -130,7 +148,7 @@ def write_outputs(cfg: AblateConfig, runs: list[ArmRun], specs: dict[str, TaskSp
     descriptions = {f"{g}/{a}": arm.description for g, grp in cfg.groups.items() for a, arm in grp.arms.items()}
     written = report.write_ablation_reports(summary, claims, reports, headline=cfg.metrics[0], gate=gate,
                                             robustness=robustness, figures_dir=figures, plots_dir=plots,
-                                            descriptions=descriptions)  # fmt: skip
+                                            descriptions=descriptions, protocols=protocols)  # fmt: skip
     runs_frame(runs, reused).to_csv(runs_csv, index=False)
     predictions_long(runs).to_parquet(predictions, index=False)
     metrics_out.parent.mkdir(parents=True, exist_ok=True)
