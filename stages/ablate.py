@@ -26,8 +26,9 @@ from __future__ import annotations
 import time
 
 from memeops.stage_context import StageContext
-from memeops.training.ablate import AblateConfig, AblationData, build_jobs
+from memeops.training.ablate import AblateConfig, build_jobs
 from memeops.training.ablate_stage import arm_variants, run_ablation
+from memeops.training.seed_pool import SeedData
 from memeops.training.tuned import with_tuned
 from stages import run_stage
 
@@ -38,8 +39,8 @@ def main() -> int:
     cfg = ctx.section("ablate", AblateConfig)
     train = with_tuned(ctx.train, arm_variants(cfg))  # stage tune's best params, for every variant of an arm
     jobs = build_jobs(cfg, train)
-    data = AblationData(memes_path=ctx.memes_path, feature_dir=ctx.feature_dir, encoder_cfg=ctx.encoder_config,
-                        **ctx.region_inputs())  # fmt: skip
+    data = SeedData(memes_path=ctx.memes_path, feature_dir=ctx.feature_dir, encoder_cfg=ctx.encoder_config,
+                    **ctx.region_inputs())  # fmt: skip
     ctx.require_memes()
     print(f"ablate: {len(jobs)} runs ({len(cfg.groups)} groups x arms x {len(cfg.seeds)} seeds) "
           f"on {cfg.workers} worker process(es)", flush=True)  # fmt: skip

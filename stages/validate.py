@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 
 from memeops.data.taxonomy import load_taxonomy
-from memeops.data.validate import failure_message, validate_memes
+from memeops.data.validate import validate_memes
+from memeops.data.validation_report import failure_message
 from memeops.stage_context import StageContext
 from stages import run_stage
 

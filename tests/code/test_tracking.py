@@ -31,12 +31,12 @@ from memeops.tracking.plots import (
 from memeops.tracking.runs import (
     MAX_PARAM_VALUE_LENGTH,
     MlflowCallback,
+    fail_runs,
     flatten_metrics,
     flatten_params,
     git_commit,
     log_dataset,
     log_metrics,
-    fail_runs,
     metric_name,
     open_run,
     tracked_run,

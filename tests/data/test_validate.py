@@ -17,13 +17,8 @@ import pytest
 from memeops.config import ValidateConfig
 from memeops.data.schema import arrow_schema
 from memeops.data.taxonomy import load_taxonomy
-from memeops.data.validate import (
-    ValidationReport,
-    build_suite,
-    class_counts,
-    failure_message,
-    validate_memes,
-)
+from memeops.data.validate import build_suite, class_counts, validate_memes
+from memeops.data.validation_report import ValidationReport, failure_message
 
 REPO = Path(__file__).resolve().parents[2]
 TAX = load_taxonomy()

@@ -297,9 +297,8 @@ def open_run(*, experiment: str, run_name: str, stage: str, variant: str | None,
     tags = resolve_tags(run_tags(stage=stage, variant=variant, seed=seed, data_digest=data_digest,
                                  extra_tags=extra_tags))  # fmt: skip
     run = client.create_run(ensure_experiment(experiment), tags=tags, run_name=run_name)
-    flat = list(flatten_params(params).items())
-    for start in range(0, len(flat), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flat[start : start + 100]])
+    # log_batch splits into MLflow's 100-params batches itself
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flatten_params(params).items()])
     return run.info.run_id
 
 

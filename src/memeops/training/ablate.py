@@ -19,11 +19,12 @@ import json
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -31,6 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from memeops.config.train import TrainerOverrides, TrainStageConfig, VariantConfig
 from memeops.models.base import TaskSpec
 from memeops.stats import ArmRun
+
+if TYPE_CHECKING:  # the worker's inputs are stage train's (heavy imports: at run time only)
+    from memeops.training.seed_pool import SeedData
 
 
 class ArmSpec(BaseModel):
@@ -186,17 +190,6 @@ def build_jobs(cfg: AblateConfig, train: TrainStageConfig) -> list[ArmJob]:
 # --------------------------------------------------------------------------- running
 
 
-@dataclass(frozen=True)
-class AblationData:
-    """Where a worker finds its inputs (paths and configs: cheap to send to a process)."""
-
-    memes_path: Path
-    feature_dir: Path
-    encoder_cfg: Any
-    region_features: Any
-    regions: Any
-
-
 class ArmWorker:
     """Per-process state: the meme table, the feature store, the encoder and MGMCF input caches."""
 
@@ -207,14 +200,11 @@ class ArmWorker:
         self._inputs: dict[str, Any] = {}
 
     @classmethod
-    def load(cls, data: AblationData) -> ArmWorker:
-        from memeops.data.consolidate import read_memes
-        from memeops.data.features import FeatureStore
-        from memeops.models.clip import load_clip
+    def load(cls, data: SeedData) -> ArmWorker:
+        from memeops.training.seed_pool import SeedContext
 
-        encoder = load_clip(data.encoder_cfg)
-        return cls(read_memes(data.memes_path), FeatureStore(data.feature_dir, encoder.spec_key), encoder.dim,
-                   encoder, data.region_features, data.regions)  # fmt: skip
+        seeds = SeedContext.load(data)  # what stage train's seed workers load, loaded the same way
+        return cls(seeds.memes, seeds.store, seeds.encoder.dim, seeds.encoder, data.region_features, data.regions)
 
     def inputs_for(self, job: ArmJob, specs: list[TaskSpec]) -> Any:
         from memeops.training.experiment import family_inputs
@@ -251,7 +241,7 @@ class ArmWorker:
 _WORKER: ArmWorker | None = None
 
 
-def _init_worker(data: AblationData) -> None:
+def _init_worker(data: SeedData) -> None:
     global _WORKER
     _WORKER = ArmWorker.load(data)
 
@@ -262,7 +252,7 @@ def _run_in_worker(job: ArmJob, split: str) -> ArmRun:
 
 
 def run_jobs(
-    jobs: Sequence[ArmJob], data: AblationData | ArmWorker, *, workers: int, split: str = "test",
+    jobs: Sequence[ArmJob], data: SeedData | ArmWorker, *, workers: int, split: str = "test",
     on_done: Callable[[ArmJob, ArmRun, int], None] | None = None,
 ) -> list[ArmRun]:  # fmt: skip
     """Train every job (``workers`` processes; 1 = in this process); runs in ``jobs`` order.
@@ -303,7 +293,7 @@ def ordered_runs(runs: Sequence[ArmRun], cfg: AblateConfig) -> list[ArmRun]:
     return sorted(runs, key=lambda r: (*rank[(r.group, r.arm)], cfg.seeds.index(r.seed)))
 
 
-def runs_frame(runs: Sequence[ArmRun], reused: Set[tuple[str, str, int]] = frozenset()) -> pd.DataFrame:
+def runs_frame(runs: Sequence[ArmRun], reused: AbstractSet[tuple[str, str, int]] = frozenset()) -> pd.DataFrame:
     """One row per run: group, arm, seed, where it was trained (``ablate``, or ``train`` for a run
     read from stage train: :mod:`memeops.training.ablate_reuse`), best epoch and the val score
     selection saw. No seconds: the table is a DVC out and must repeat byte for byte (each run's

@@ -20,8 +20,9 @@ import pandas as pd
 from memeops.config import ConfigError, TrainStageConfig
 from memeops.models.base import TaskSpec
 from memeops.stats import ArmRun
-from memeops.training.ablate import AblateConfig, AblationData, ArmJob, ArmSpec, arm_variant, ordered_runs, run_jobs
+from memeops.training.ablate import AblateConfig, ArmJob, ArmSpec, arm_variant, ordered_runs, run_jobs
 from memeops.training.ablate_reuse import load_train_runs, reusable_jobs
+from memeops.training.seed_pool import SeedData
 
 PREDICTIONS = Path("data/ablate/predictions.parquet")
 
@@ -57,7 +58,7 @@ def region_slots(cfg: AblateConfig, train: TrainStageConfig) -> slice | None:
     return slice(text_len + 1, None)
 
 
-def run_ablation(cfg: AblateConfig, train: TrainStageConfig, jobs: list[ArmJob], data: AblationData, *,
+def run_ablation(cfg: AblateConfig, train: TrainStageConfig, jobs: list[ArmJob], data: SeedData, *,
                  experiment: str, reports: Path = Path("reports")) -> tuple[list[ArmRun], list[Path]]:  # fmt: skip
     """Train ``jobs`` on ``cfg.workers`` processes (one progress line per finished job) inside one
     MLflow parent run (stage ``ablate``), write every output; returns the runs and written files."""

@@ -198,8 +198,9 @@ def train_variant(
     result = fit(model, train_set, eval_sets["val"], specs, trainer_cfg, run_dir, callbacks=callbacks)
 
     predictions, metrics = {}, {}
-    # scored on the fit's thread count too: the same floats in whichever process scores, and no idle
-    # OpenMP thread spinning beside the other seed workers (it cost ~15% more CPU in stage train)
+    # scored on the fit's thread count too: the same floats in whichever process scores, and no second
+    # OpenMP thread spinning beside the other seed workers (stage train with every thread count at 1:
+    # 304 s CPU instead of 332 s on 3 workers)
     with torch_threads(trainer_cfg.threads):
         for split, dataset in eval_sets.items():  # after selection; each split scored exactly once
             preds = predict(model, dataset, specs, batch_size=256, device=result.device)

@@ -196,8 +196,8 @@ def seed_runner(data: SeedData, workers: int) -> Iterator[SeedRunner]:
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(data,)) as pool:
         try:
-            # this process packages variants while the workers train: a second torch thread here would
-            # spin in OpenMP barriers against them (measured: +48 s CPU, +9 s wall in stage train)
+            # this process packages variants while the workers train: one torch thread, so its model
+            # checks do not contend with theirs in OpenMP barriers (no gain beyond noise measured alone)
             with torch_threads(1):
                 yield SeedRunner(context, pool)
         except BaseException:

@@ -23,6 +23,7 @@ The parent run (``<variant>``, stage tags) holds the seed means and the summary 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 import tempfile
@@ -75,7 +76,7 @@ def seed_means(outcomes: list[SeedOutcome]) -> dict[str, dict[str, float | None]
         means = {}
         for key in keys:
             values = [o.result.metrics[split].get(key) for o in outcomes]
-            values = [float(v) for v in values if v is not None and v == v]
+            values = [float(v) for v in values if v is not None and not math.isnan(v)]
             means[key] = statistics.fmean(values) if values else float("nan")
         out[split] = rounded_metrics(means)
     return out
@@ -223,16 +224,15 @@ def finish_variant(plan: VariantPlan, cfg: TrainStageConfig, encoder_cfg: Any, r
 
 def run_variants(variants: Sequence[str], cfg: TrainStageConfig, encoder_cfg: Any, runner: SeedRunner, *,
                  memes_path: Path, validation_report: Path, stages: Mapping[str, str] | None = None,
-                 **paths: Path) -> Iterator[tuple[str, dict[str, Any]]]:  # fmt: skip
+                 work_dir: Path = Path(".cache/train"), **paths: Path) -> Iterator[tuple[str, dict[str, Any]]]:  # fmt: skip
     """``(variant, report)`` for each of ``variants`` in order, every variant's seeds queued on the
     workers up front: while this process packages and registers one variant, the workers train the
     next ones, and a core a finishing variant leaves free goes to the next variant's seeds (each seed
     trains as it would alone: the outputs do not change). ``stages``: the DVC stage per variant
-    (default ``train``); ``paths``: ``reports_dir`` / ``models_dir`` / ``predictions_dir`` /
-    ``work_dir`` overrides. Runs opened ahead and never reached (a variant failed) end FAILED."""
-    work = {"work_dir": paths.pop("work_dir")} if "work_dir" in paths else {}
+    (default ``train``); ``paths``: ``reports_dir`` / ``models_dir`` / ``predictions_dir`` overrides.
+    Runs opened ahead and never reached (a variant failed) end FAILED."""
     plans = [plan_variant(v, cfg, runner, memes_path=memes_path, validation_report=validation_report,
-                          stage=(stages or {}).get(v), **work) for v in variants]  # fmt: skip
+                          stage=(stages or {}).get(v), work_dir=work_dir) for v in variants]  # fmt: skip
     queued = [runner.submit(plan.jobs) for plan in plans]
     try:
         for plan, futures in zip(plans, queued):
