@@ -11,6 +11,7 @@ from torch import nn
 
 from memeops.models import baselines as bl
 from memeops.models.base import TaskSpec
+from memeops.models.bilinear import Bilinear, BilinearConfig
 from memeops.models.gatedclip import GatedCLIP, GatedCLIPConfig
 from memeops.models.mgmcf import MGMCF, MGMCFConfig
 
@@ -23,6 +24,7 @@ MODEL_REGISTRY: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "align": (bl.AlignConfig, bl.Align),
     "cross": (bl.CrossConfig, bl.Cross),
     "mgmcf": (MGMCFConfig, MGMCF),
+    "bilinear": (BilinearConfig, Bilinear),
 }
 
 

@@ -15,6 +15,11 @@ Ablation switches (config): ``fusion`` = "gate" | "fixed" (g ≡ 0.5, no gate pa
 straight into fusion (no projection heads, so the fused width is ``image_dim``); ``align=False``
 drops the alignment term (``aux_loss`` is None).
 
+Improvement switch (not the paper's model): ``interaction="lowrank"`` adds the low-rank caption ×
+object interaction of :mod:`memeops.models.interaction` to every task's logits (``ŷ_t += W_t · z``) and
+its object-tag loss to ``aux``. The scalar gate can only mix ``h_I`` and ``h_T`` additively, so it has no
+term for "these two agree"; the interaction is that term (needs the lexical inputs).
+
 Inputs: ``input_norm="unit_variance"`` (default) rescales the (unit-norm) cached embeddings to unit
 variance per dimension first; no parameters, see :func:`memeops.models.base.normalise_inputs`.
 """
@@ -25,13 +30,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import ConfigDict, model_validator
 from torch import Tensor, nn
 
 from memeops.models.base import InputNorm, ModelOutput, MultiTaskHeads, TaskSpec, normalise_inputs
+from memeops.models.interaction import InteractionFields, LowRankInteraction, add_logits, sum_losses
 
 
-class GatedCLIPConfig(BaseModel):
+class GatedCLIPConfig(InteractionFields):
     """Sizes and switches; defaults are the paper's model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,6 +63,7 @@ class GatedCLIPConfig(BaseModel):
         mixes_raw = self.fusion != "concat" or self.align
         if not self.projection and self.image_dim != self.text_dim and mixes_raw:
             raise ValueError("projection=False needs image_dim == text_dim (or concat fusion, no align)")
+        self.check_interaction_inputs()
         return self
 
 
@@ -107,6 +114,7 @@ class GatedCLIP(nn.Module):
             nn.Linear(self.fused_dim, c.cls_hidden), nn.ReLU(), nn.Dropout(c.cls_dropout)
         )  # [B, fused_dim] -> [B, cls_hidden]
         self.heads = MultiTaskHeads(c.cls_hidden, self.specs)
+        self.interaction = LowRankInteraction(c, c.image_dim, c.text_dim, self.specs) if c.interaction == "lowrank" else None
 
     def fuse(self, h_i: Tensor, h_t: Tensor) -> tuple[Tensor, Tensor | None]:
         """``[B, D] x2 -> (h [B, fused_dim], g [B] or None for concat)``."""
@@ -129,5 +137,9 @@ class GatedCLIP(nn.Module):
         if self.config.align and self.config.align_weight > 0:
             # Pulls the two projected spaces together so the gate mixes comparable vectors.
             aux = self.config.align_weight * (1.0 - F.cosine_similarity(h_i, h_t, dim=-1)).mean()
+        if self.interaction is not None:  # the interaction reads the (normalised) CLIP embeddings themselves
+            terms, _, object_logits = self.interaction(batch, batch["image_emb"], batch["text_emb"])
+            logits = add_logits(logits, terms)
+            aux = sum_losses(aux, self.interaction.object_loss(batch, object_logits))
         extras = {} if g is None else {"gate": g}
         return ModelOutput(logits=logits, aux_loss=aux, extras=extras)

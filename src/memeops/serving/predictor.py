@@ -47,7 +47,8 @@ MULTI_THRESHOLD = 0.5
 INPUT_ENCODERS: dict[str, type[InputEncoder]] = {ClipFeatureInputs.kind: ClipFeatureInputs}
 #: input encoders of other families, imported on first use: MGMCF's pulls in the detector and
 #: the text encoders, which a GatedCLIP folder never needs.
-LAZY_INPUT_ENCODERS: dict[str, str] = {"mgmcf": "memeops.serving.mgmcf:MgmcfInputEncoder"}
+LAZY_INPUT_ENCODERS: dict[str, str] = {"mgmcf": "memeops.serving.mgmcf:MgmcfInputEncoder",
+                                       "lexical": "memeops.serving.lexical:LexicalInputEncoder"}
 
 
 def input_encoder_class(kind: str) -> type[InputEncoder]:

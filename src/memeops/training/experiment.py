@@ -244,10 +244,13 @@ def family_inputs(
     variant_cfg: VariantConfig, memes: pd.DataFrame, store: FeatureStore, specs: list[TaskSpec], encoder: Any,
     region_features: Any, regions: Any,
 ) -> Family | None:  # fmt: skip
-    """MGMCF's inputs (text tokens, region features) and packer; None for feature-cache models."""
+    """MGMCF's inputs (text tokens, region features) and packer, the lexical family's (``inputs:
+    {lexical: ...}``: caption n-grams and detector tags), or None for plain feature-cache models."""
+    if variant_cfg.model != "mgmcf" and "lexical" in variant_cfg.inputs:
+        return lexical_family(variant_cfg, memes, store, specs, encoder, regions)
     if variant_cfg.model != "mgmcf":
         if variant_cfg.inputs:
-            raise ValueError(f"model {variant_cfg.model!r} takes no `inputs` section")
+            raise ValueError(f"model {variant_cfg.model!r} takes no `inputs` section other than `lexical`")
         return None
     from memeops.data.mgmcf_inputs import MgmcfInputs, MgmcfInputsConfig
     from memeops.serving.mgmcf import MgmcfInputEncoder
@@ -275,3 +278,39 @@ def family_inputs(
     return Family(inputs, fingerprint, packer)
 
 
+
+
+def lexical_family(variant_cfg: VariantConfig, memes: pd.DataFrame, store: FeatureStore, specs: list[TaskSpec],
+                   encoder: Any, regions: Any) -> Family:  # fmt: skip
+    """The interaction models' inputs: the CLIP feature cache, caption n-grams fitted on TRAIN, and the
+    detector's object tags from stage regions (``detections.parquet``, the ``object_view``'s min score)."""
+    from memeops.data.lexical import LexicalInputs, LexicalInputsConfig
+    from memeops.serving.lexical import LexicalInputEncoder
+    from memeops.vision.extract import DETECTIONS_FILE
+
+    if regions is None:
+        raise ValueError("a variant with `inputs: {lexical: ...}` needs the regions params (the detector's tags)")
+    cfg = LexicalInputsConfig.model_validate(variant_cfg.inputs)
+    view = regions.views.get(cfg.object_view)
+    if view is None or view.source != "detector":
+        raise ValueError(f"inputs.object_view {cfg.object_view!r} must be a detector view of params regions.views "
+                         f"({', '.join(regions.views)})")  # fmt: skip
+    detections_path = Path(regions.output_dir) / DETECTIONS_FILE
+    config_path = Path(regions.detector_dir) / "detector_config.json"
+    for path in (detections_path, config_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the lexical inputs need stages train_detector and regions")
+    class_names = json.loads(config_path.read_text(encoding="utf-8")).get("class_names") or []
+    if not class_names:
+        raise ValueError(f"{config_path} names no classes: the lexical inputs need a detector with classes")
+    inputs = LexicalInputs(memes, store, specs, encoder.dim, cfg, pd.read_parquet(detections_path),
+                           len(class_names), view.min_score)  # fmt: skip
+
+    def packer(clip_dir: Path) -> Any:
+        return lambda dest: LexicalInputEncoder.pack({"clip_dir": clip_dir, "ngrams": inputs.ngrams}, dest)
+
+    def fingerprint() -> dict[str, Any]:
+        return {"cfg": cfg.model_dump(mode="json"), "detections": file_md5(detections_path),
+                "min_score": view.min_score, "classes": len(class_names)}  # fmt: skip
+
+    return Family(inputs, fingerprint, packer)
