@@ -14,6 +14,7 @@ from memeops.models.base import TaskSpec
 from memeops.models.bilinear import Bilinear, BilinearConfig
 from memeops.models.gatedclip import GatedCLIP, GatedCLIPConfig
 from memeops.models.mgmcf import MGMCF, MGMCFConfig
+from memeops.models.retrieval import Retrieval, RetrievalConfig
 
 MODEL_REGISTRY: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "gatedclip": (GatedCLIPConfig, GatedCLIP),
@@ -25,6 +26,7 @@ MODEL_REGISTRY: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "cross": (bl.CrossConfig, bl.Cross),
     "mgmcf": (MGMCFConfig, MGMCF),
     "bilinear": (BilinearConfig, Bilinear),
+    "retrieval": (RetrievalConfig, Retrieval),
 }
 
 

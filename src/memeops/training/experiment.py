@@ -4,7 +4,9 @@ One call of :func:`run_variant` does, in order:
 
 1. builds the variant's model (``train.variants.<name>``: model name, model config, trainer
    overrides) with input widths taken from the feature cache, seeded;
-2. fits it on the TRAIN split, selecting on VAL only (early stopping + best-epoch weights);
+2. fits it on the TRAIN split, selecting on VAL only (early stopping + best-epoch weights); a
+   retrieval model (``build_index``) then gets its kNN index over the un-augmented TRAIN split
+   (:mod:`memeops.training.retrieval_index`), kept in its state dict;
 3. scores the selected model once on every evaluation split (val, then test and test_unseen:
    the test splits are touched here and nowhere else).
 
@@ -44,6 +46,7 @@ from memeops.timing import is_timing_key
 from memeops.tracking.runs import file_md5
 from memeops.training.fit_types import FitResult
 from memeops.training.inference import predict
+from memeops.training.retrieval_index import build_retrieval_index
 from memeops.training.seeding import make_generator, seed_everything
 from memeops.training.trainer import fit
 
@@ -202,6 +205,9 @@ def train_variant(
     # OpenMP thread spinning beside the other seed workers (stage train with every thread count at 1:
     # 304 s CPU instead of 332 s on 3 workers)
     with torch_threads(trainer_cfg.threads):
+        if hasattr(model, "build_index"):  # a retrieval model: its kNN index is the un-augmented TRAIN split,
+            # built after selection (fit selected on VAL with the classifier alone) and before any scoring
+            build_retrieval_index(model, inputs.dataset("train"), specs, result.device)
         for split, dataset in eval_sets.items():  # after selection; each split scored exactly once
             preds = predict(model, dataset, specs, batch_size=256, device=result.device)
             predictions[split] = preds
