@@ -149,7 +149,7 @@ class LexicalDataset(FeatureDataset):
         ngrams: Tensor, tags: Tensor, train: bool = False, generator: torch.Generator | None = None,
     ):  # fmt: skip
         super().__init__(memes, store, specs, split, train=train, generator=generator)
-        rows = torch.from_numpy((memes["split"] == split).to_numpy())
+        rows = torch.from_numpy((memes["split"] == split).to_numpy(dtype=bool, copy=True))
         self.ngrams, self.tags = ngrams[rows], tags[rows]
 
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:
