@@ -9,7 +9,8 @@ pyfunc wrapper, :func:`memeops.serving.pyfunc.log_pyfunc` and ``memeops predict`
       encoder/             the frozen CLIP (as "clip_features" packs it)
 
 Input: a DataFrame with ``image`` and ``text`` (and optionally ``language``, e.g. "en", "zh").
-Output per task ``t``: ``t`` (the label with the highest candidate probability), ``t_prob``,
+Output per task ``t``: ``t`` (the label with the highest probability: from candidate scoring, or
+from the label head when the model has one -- the folder's ``label_source``), ``t_prob``,
 ``t_p_<positive>`` for binary tasks, and ``t_explanation`` (the generated explanation, parsed
 strictly; empty when the model gave none) and ``t_valid`` (whether the generated answer parsed).
 """
@@ -35,7 +36,7 @@ from memeops.serving.folder import (
 from memeops.serving.inputs import INPUT_COLUMNS, caption_text, check_input_frame, decode_image, example_frame
 from memeops.vlm.instructions import InstructionSample, build_prompt, parse_answer
 from memeops.vlm.model import TinyVLM, load_vlm, save_vlm
-from memeops.vlm.train import VLMTrainConfig, generate_answers, score_candidates
+from memeops.vlm.train import LabelSource, VLMTrainConfig, generate_answers, label_probs
 
 MODEL_NAME = "vlm"
 
@@ -49,10 +50,28 @@ def save_vlm_dir(directory: str | Path, model: TinyVLM, tokenizer: Any, specs: S
         section = {**ClipFeatureInputs.pack(Path(clip_dir), staging / ENCODER_DIR), "kind": MODEL_NAME, "dir": ENCODER_DIR}
         config = {"with_text": with_text, "max_length": cfg.max_length, "max_new_tokens": cfg.max_new_tokens,
                   "eval_batch_size": cfg.eval_batch_size}  # fmt: skip
+        if len(model.label_heads):  # a folder without heads keeps its old spec (candidate scoring)
+            config["label_source"] = cfg.resolved_label_source
         write_spec(staging, MODEL_NAME, config, specs, section, [*INPUT_COLUMNS, "language"])
         if verify:
             VLMPredictor.from_dir(staging).predict(example_frame())
     return directory
+
+
+def served_label_source(model: TinyVLM, config: Mapping[str, Any], specs: Sequence[TaskSpec]) -> LabelSource:
+    """The folder's ``label_source``; absent (folders from before the label head): ``head`` when the
+    model has label heads, else ``candidates``. A head source needs a head, with the spec's labels,
+    for every served task."""
+    heads = model.cfg.label_tasks
+    source = config.get("label_source") or ("head" if heads else "candidates")
+    if source not in ("candidates", "head", "mix"):
+        raise ValueError(f"unknown label_source {source!r} in the model folder (candidates, head, mix)")
+    if source != "candidates":
+        for spec in specs:
+            if tuple(heads.get(spec.name, ())) != tuple(spec.labels):
+                raise ValueError(f"label_source {source!r}: the model has no label head for task {spec.name!r} "
+                                 f"with labels {spec.labels} (heads: {dict(heads)})")  # fmt: skip
+    return source  # type: ignore[return-value]
 
 
 class VLMPredictor:
@@ -66,6 +85,7 @@ class VLMPredictor:
                                   max_new_tokens=int(config.get("max_new_tokens", 48)),
                                   eval_batch_size=int(config.get("eval_batch_size", 128)))  # fmt: skip
         self.explain = explain
+        self.label_source = served_label_source(model, config, self.specs)
 
     @classmethod
     def from_dir(cls, folder: str | Path, *, device: str = "cpu", explain: bool = True, **_: Any) -> VLMPredictor:
@@ -95,7 +115,7 @@ class VLMPredictor:
             samples = [InstructionSample(str(i), "input", "serve", languages[i] or "", spec.name, spec.labels, "",
                                          build_prompt(spec, texts[i], languages[i]), "", spec.labels[0], None)
                        for i in range(len(frame))]  # fmt: skip
-            probs = score_candidates(self.model, self.tokenizer, samples, vectors, self.cfg) if samples else []
+            probs = label_probs(self.model, self.tokenizer, samples, vectors, self.cfg, self.label_source) if samples else []
             best = [int(np.argmax(p)) for p in probs]
             columns[spec.name] = [spec.labels[b] for b in best]
             columns[f"{spec.name}_prob"] = [float(p[b]) for p, b in zip(probs, best)]

@@ -5,8 +5,8 @@
 * **per_source**: one model per source, trained and selected on that source's samples only.
 
 Whatever the regime, every evaluation split is scored once by the selected model(s): candidate
-scoring gives the label probabilities (all metrics, bootstrap intervals of each task's primary
-metric); a seeded sample of each split also gets a generated answer (invalid rate, ROUGE-L of the
+scoring, or the label head (``trainer.label_source``), gives the label probabilities (all metrics,
+bootstrap intervals of each task's primary metric); a seeded sample of each split also gets a generated answer (invalid rate, ROUGE-L of the
 explanation). :func:`compare_regimes` trains both regimes on the same samples and tabulates their
 test macro-F1 per source and task (``benchmarks/vlm_regimes.py`` writes it to ``reports/``).
 """
@@ -31,7 +31,7 @@ from memeops.training.experiment import rounded_metrics
 from memeops.training.seed_runs import SELECTION_RULE, runs_from_table, select_seed, summarise_seeds
 from memeops.vlm.instructions import InstructionSample, instruction_samples, unsupported_tasks
 from memeops.vlm.scoring import vlm_report
-from memeops.vlm.train import VLMFit, VLMTrainConfig, fit_vlm, generate_answers, score_candidates
+from memeops.vlm.train import MONITOR, MONITOR_WITH_HEAD, VLMFit, VLMTrainConfig, fit_vlm, generate_answers, label_probs
 
 Images = Mapping[str, tuple[np.ndarray, np.ndarray]]
 EVAL_SPLITS = ("val", "test", "test_unseen")
@@ -135,7 +135,7 @@ def score_split(fits: Mapping[str, VLMFit], samples: Sequence[InstructionSample]
         if not idx:
             continue
         part = [samples[i] for i in idx]
-        for i, p in zip(idx, score_candidates(fit.model, fit.tokenizer, part, images, cfg)):
+        for i, p in zip(idx, label_probs(fit.model, fit.tokenizer, part, images, cfg)):
             probs[i] = p
         wanted = [i for i in idx if i in shown_set]
         answers = generate_answers(fit.model, fit.tokenizer, [samples[i] for i in wanted], images, cfg)
@@ -213,8 +213,20 @@ def vlm_samples(memes: pd.DataFrame, tasks: Sequence[str]) -> tuple[list[Instruc
     return instruction_samples(memes, tasks), unsupported_tasks(tasks)
 
 
+def _monitor(record: Mapping[str, float]) -> float:
+    """An epoch's selection value (:func:`memeops.vlm.train.monitor_value`, stored as ``val_monitor``
+    with the label head; the val answer loss without)."""
+    return record.get("val_monitor", record["val_loss"])
+
+
+def monitor_name(result: RegimeResult) -> str:
+    """What the epochs and seeds of ``result`` were selected on."""
+    heads = any("val_monitor" in h for f in result.fits.values() for h in f.history)
+    return MONITOR_WITH_HEAD if heads else MONITOR
+
+
 def _fit_summary(fit: VLMFit) -> dict[str, Any]:
-    return {"best_epoch": fit.best_epoch, "val_best": min(h["val_loss"] for h in fit.history), "epochs": len(fit.history),
+    return {"best_epoch": fit.best_epoch, "val_best": min(_monitor(h) for h in fit.history), "epochs": len(fit.history),
             "fit_seconds": round(fit.seconds, 1), "train_tokens_per_s": round(fit.train_tokens_per_s)}  # fmt: skip
 
 
@@ -251,7 +263,7 @@ def stage_report(result: RegimeResult, specs: Sequence[TaskSpec], summary: Mappi
     out: dict[str, Any] = {
         "variant": "vlm",
         "regime": result.regime,
-        "monitor": "val/answer_loss",
+        "monitor": monitor_name(result),
         "models": {k: _fit_summary(f) for k, f in result.fits.items()},
         "primary_metric": {s.name: primary_metric(s) for s in specs},
         "skipped_tasks": dict(skipped),
@@ -351,8 +363,12 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
     def on_epoch(key: str, epoch: int, record: Mapping[str, float]) -> None:
         history.append({"model": key, **record})
         prefix = "" if key == UNIFIED else f"{key}/"
-        mlflow.log_metrics({f"{prefix}train/answer_loss": record["train_loss"],
-                            f"{prefix}val/answer_loss": record["val_loss"]}, step=epoch)  # fmt: skip
+        metrics = {f"{prefix}train/answer_loss": record["train_loss"], f"{prefix}val/answer_loss": record["val_loss"]}
+        if "val_head_loss" in record:  # the label head's cross-entropy and the selection value
+            metrics.update({f"{prefix}train/head_loss": record["train_head_loss"],
+                            f"{prefix}val/head_loss": record["val_head_loss"],
+                            f"{prefix}val/monitor": record["val_monitor"]})  # fmt: skip
+        mlflow.log_metrics(metrics, step=epoch)
 
     with tracked_run(experiment=cfg.experiment, run_name="vlm", stage=stage, variant="vlm", seed=cfg.trainer.seed,
                      data_digest=digest, params=params, extra_tags=tags):  # fmt: skip
@@ -363,7 +379,7 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
         for seed in seeds:  # the curve logged is every seed's, one after the other (history has the model key)
             trainer = cfg.trainer.model_copy(update={"seed": seed})
             results[seed] = train_regime(samples, images, trainer, cfg.regime, cfg.eval_splits, on_epoch)
-        val_loss = {seed: sum(min(h["val_loss"] for h in f.history) for f in r.fits.values()) for seed, r in results.items()}
+        val_loss = {seed: sum(min(_monitor(h) for h in f.history) for f in r.fits.values()) for seed, r in results.items()}
         chosen = select_seed(val_loss, mode="min")
         result = results[chosen]
         table = pd.concat([seed_table(r, memes, specs, seed) for seed, r in results.items()], ignore_index=True)
@@ -372,7 +388,9 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
         summary = seed_summary(table, memes, specs, cfg.bootstrap_samples, cfg.trainer.seed)
         report = stage_report(result, specs, summary, skipped)
         report["seeds"] = seeds
-        report["selection"] = {"rule": SELECTION_RULE, "monitor": "val/answer_loss", "selected_seed": chosen,
+        if cfg.trainer.label_head:  # without the head the report keeps its old keys (candidate scoring)
+            report["label_source"] = cfg.trainer.resolved_label_source
+        report["selection"] = {"rule": SELECTION_RULE, "monitor": monitor_name(result), "selected_seed": chosen,
                                "val": {str(k): v for k, v in val_loss.items()}}  # fmt: skip
         mlflow.set_tags({"memeops.selection_rule": SELECTION_RULE, "memeops.selected_seed": str(chosen)})
         report["train_samples"] = sum(1 for s in samples if s.split == "train")

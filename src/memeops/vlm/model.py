@@ -11,6 +11,13 @@
 
 ``forward(image_emb [B, Di], input_ids [B, T], attention_mask [B, T], labels [B, T]) -> loss`` with
 labels = -100 everywhere except the answer tokens (the prefix never counts).
+
+Optional **label heads** (RA-HMD's classifier on the LM's hidden states): with
+``TinyVLMConfig.label_tasks`` = ``{task: labels}``, one linear classifier per task reads the decoder's
+last hidden state at the last prompt token (the position that predicts the answer's first token,
+``Label``); :meth:`TinyVLM.prompt_state` and :meth:`TinyVLM.label_logits`. The heads are ordinary
+parameters (``label_heads.<task>.*``), saved and loaded with the rest; a config without
+``label_tasks`` (every folder written before the heads existed) builds none.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -45,6 +52,18 @@ class TinyVLMConfig(BaseModel):
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
+    # {task: candidate labels} of the label heads (empty: no heads, the model is the plain LM)
+    label_tasks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @field_validator("label_tasks")
+    @classmethod
+    def _head_names(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for task, labels in value.items():
+            if not task or "." in task:
+                raise ValueError(f"label head task {task!r}: a module name needs no '.' and is not empty")
+            if len(labels) < 2 or len(set(labels)) != len(labels):
+                raise ValueError(f"label head task {task!r}: needs >= 2 distinct labels, got {labels}")
+        return value
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000) -> Any:
@@ -96,6 +115,10 @@ class TinyVLM(nn.Module):
             max_position_embeddings=cfg.max_positions, pad_token_id=cfg.pad_id, bos_token_id=cfg.bos_id,
             eos_token_id=cfg.eos_id, tie_word_embeddings=True,
         ))  # fmt: skip
+        # Built after the decoder, so a model without heads draws exactly the same initial weights.
+        self.label_heads = nn.ModuleDict(
+            {task: nn.Linear(cfg.hidden, len(labels)) for task, labels in cfg.label_tasks.items()}
+        )
 
     def prefix(self, image_emb: Tensor) -> Tensor:
         """``[B, Di]`` -> ``[B, P, H]`` soft visual tokens (inputs rescaled to unit variance)."""
@@ -128,13 +151,45 @@ class TinyVLM(nn.Module):
         answer = labels != IGNORE
         return self.vocab_logits(hidden[answer]), labels[answer], answer
 
+    def hidden_states(self, image_emb: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``[B, P + T, H]`` last decoder states (after the final norm) of prefix and tokens."""
+        embeds, mask = self._inputs(image_emb, input_ids, attention_mask)
+        # get_decoder: the bare LlamaModel, also through a peft wrapper (``.model`` there is the LM)
+        return self.decoder.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+
     def token_hidden(self, image_emb: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``[B, T, H]`` last decoder states, position t the one that predicts input token t (the
         vocabulary projection left to :meth:`vocab_logits`, for the positions that need it)."""
-        embeds, mask = self._inputs(image_emb, input_ids, attention_mask)
-        # get_decoder: the bare LlamaModel, also through a peft wrapper (``.model`` there is the LM)
-        hidden = self.decoder.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        return hidden[:, self.cfg.prefix_tokens - 1 : -1]
+        return self.hidden_states(image_emb, input_ids, attention_mask)[:, self.cfg.prefix_tokens - 1 : -1]
+
+    @staticmethod
+    def answer_start(labels: Tensor) -> Tensor:
+        """``[B]`` index of each row's first answer token (labels != -100); in :meth:`token_hidden`
+        that index holds the state of the last PROMPT token, the one that predicts ``Label``."""
+        answer = labels != IGNORE
+        if not bool(answer.any(1).all()):
+            raise ValueError("every row needs an answer token to place the label head")
+        return answer.long().argmax(1)
+
+    def prompt_state(self, image_emb: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``[B, H]`` the state of each row's last attended token, for right-padded PROMPT-only rows
+        (``encode_pairs(..., answers=None)``): the same position :meth:`answer_start` picks in training."""
+        hidden = self.hidden_states(image_emb, input_ids, attention_mask)
+        last = self.cfg.prefix_tokens + attention_mask.long().sum(1) - 1
+        return hidden[torch.arange(len(input_ids)), last]
+
+    def label_logits(self, state: Tensor, tasks: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{task: (rows [n], logits [n, L_task])}``: each row's state ``[B, H]`` through its task's head."""
+        groups: dict[str, list[int]] = {}
+        for i, task in enumerate(tasks):
+            if task not in self.label_heads:
+                raise KeyError(f"no label head for task {task!r} (heads: {sorted(self.label_heads)})")
+            groups.setdefault(task, []).append(i)
+        out = {}
+        for task, idx in groups.items():
+            rows = torch.tensor(idx, dtype=torch.long, device=state.device)
+            out[task] = (rows, self.label_heads[task](state[rows].float()))
+        return out
 
     def vocab_logits(self, hidden: Tensor) -> Tensor:
         """``[..., V]`` float logits of decoder states."""
