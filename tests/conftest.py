@@ -66,8 +66,9 @@ TINY_PARAMS: dict[str, Any] = {
     "pretrain_clip": {"epochs": 1, "batch_size": 32},
     "encoders": {"clip": {"image_size": 64, "embed_dim": 64}},
     "train": {"trainer": {"epochs": 2, "warmup_epochs": 1, "batch_size": 32}, "bootstrap_samples": 20, "seeds": [0, 1],
-              "variants": {"gatedclip": {"trainer": {"epochs": 2, "patience": 2}},
-                           "mgmcf": {"trainer": {"epochs": 2, "patience": 2}}}},
+              "variants": {name: {"trainer": {"epochs": 2, "patience": 2}}
+                           for name in ("gatedclip", "mgmcf", "bilinear", "bilinear_hateful", "gatedclip_bilinear",
+                                        "retrieval")}},
     "ocr": {"workers": 1, "cer_sample": 6},
     "detector": {"imgsz": 64, "yolo": {"epochs": 1, "batch": 16}},
     "tune": {"n_trials": 2, "epochs": 2, "n_startup_trials": 1, "pruner": {"n_startup_trials": 1, "n_warmup_steps": 1}},

@@ -212,3 +212,38 @@ def test_a_metric_the_tasks_cannot_have_is_a_one_line_config_error() -> None:
     claim = {"claim": "c", "group": "gatedclip", "better": "full", "worse": "no_gate", "metric": "sarcasm/macro_f1"}
     with pytest.raises(ConfigError, match="sarcasm"):
         check_metric_names(_ablate(claims=[claim]), specs)  # a task no run predicts
+
+
+def test_an_arm_of_a_lexical_variant_trains_on_caption_ngrams_and_detector_tags(tmp_path: Path, cached_features) -> None:
+    """Arms built from an `inputs: {lexical: ...}` variant get that family's inputs in the worker (a config
+    switch of the arm, here text_view, keeps them), not the plain feature cache."""
+    import json
+    from types import SimpleNamespace
+
+    from memeops.data.lexical import LexicalInputs
+    from memeops.vision.extract import RegionsConfig
+
+    worker = _worker(tmp_path, cached_features)
+    detector_dir, regions_dir = tmp_path / "detector", tmp_path / "regions"
+    detector_dir.mkdir()
+    regions_dir.mkdir()
+    (detector_dir / "detector_config.json").write_text(json.dumps({"class_names": ["a", "b", "c"]}))
+    keys = worker.memes["image_sha256"].tolist()
+    pd.DataFrame({"image_sha256": keys, "rank": 0, "x0": 0.1, "y0": 0.1, "x1": 0.5, "y1": 0.5, "score": 0.9,
+                  "class_id": [i % 3 for i in range(len(keys))]}).to_parquet(regions_dir / "detections.parquet")  # fmt: skip
+    worker.encoder = SimpleNamespace(dim=DIM)
+    worker.regions = RegionsConfig(detector_dir=str(detector_dir), output_dir=str(regions_dir))
+    train = TrainStageConfig.model_validate({
+        **TRAIN.model_dump(), "variants": {"bilinear_h": {
+            "model": "bilinear", "tasks": ["hateful"], "inputs": {"lexical": {"min_df": 1}},
+            "config": {"trunk": False, "rank": 2}}}})  # fmt: skip
+    cfg = AblateConfig.model_validate({
+        "seeds": [0], "workers": 1, "n_boot": 100, "metrics": ["hateful/auroc"],
+        "groups": {"interaction": {"base": "bilinear_h", "arms": {"full": {}, "clip_text": {"config": {"text_view": "clip"}}}}},
+    })  # fmt: skip
+    jobs = build_jobs(cfg, train)
+    inputs = worker.inputs_for(jobs[0], [])
+    assert isinstance(inputs, LexicalInputs) and inputs.model_dims()["object_classes"] == 3
+    runs = run_jobs(jobs, worker, workers=1)
+    assert sorted(r.arm for r in runs) == ["clip_text", "full"]
+    assert all(set(r.predictions.probs) == {"hateful"} and len(r.predictions) == 20 for r in runs)

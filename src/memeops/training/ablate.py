@@ -191,7 +191,7 @@ def build_jobs(cfg: AblateConfig, train: TrainStageConfig) -> list[ArmJob]:
 
 
 class ArmWorker:
-    """Per-process state: the meme table, the feature store, the encoder and MGMCF input caches."""
+    """Per-process state: the meme table, the feature store, the encoder and the MGMCF / lexical inputs."""
 
     def __init__(self, memes: pd.DataFrame, store: Any, feature_dim: int, encoder: Any = None,
                  region_features: Any = None, regions: Any = None):  # fmt: skip
@@ -210,10 +210,10 @@ class ArmWorker:
         from memeops.training.experiment import family_inputs
 
         vcfg = job.train.variant(job.variant)
-        if vcfg.model != "mgmcf":
+        if vcfg.model != "mgmcf" and not vcfg.inputs:  # the feature cache (train_variant's default)
             return None
         key = json.dumps([vcfg.inputs, [s.name for s in specs]], sort_keys=True)
-        if key not in self._inputs:  # region features of a view are read once per process
+        if key not in self._inputs:  # region features of a view / the n-gram table are built once per process
             family = family_inputs(vcfg, self.memes, self.store, specs, self.encoder, self.region_features,
                                     self.regions)  # fmt: skip
             self._inputs[key] = family.inputs if family is not None else None
