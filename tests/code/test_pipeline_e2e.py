@@ -21,7 +21,8 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = ("gatedclip", "gatedclip_mt", "text_only", "image_only", "average", "concat", "align", "cross", "mgmcf")
+VARIANTS = ("gatedclip", "gatedclip_mt", "text_only", "image_only", "average", "concat", "align", "cross", "mgmcf",
+            "bilinear", "bilinear_hateful", "gatedclip_bilinear", "retrieval")
 
 
 # {variant: [status of its run, number of seed runs nested in it]} of the train / train_mgmcf stage runs
@@ -125,15 +126,18 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
     page = (project_copy / "reports" / "index.html").read_text(encoding="utf-8")
     assert 'id="leaderboard"' in page and 'id="attention"' in page and 'src="http' not in page
     with (project_copy / "reports" / "ablations.csv").open(encoding="utf-8") as fh:
-        ablations = list(csv.DictReader(fh))  # every arm of both groups, each over the two tiny seeds
-    assert {r["group"] for r in ablations} == {"mgmcf", "gatedclip"} and len(ablations) == 16, ablations
+        ablations = list(csv.DictReader(fh))  # every arm of every group, each over the two tiny seeds
+    assert {r["group"] for r in ablations} == {"mgmcf", "gatedclip", "interaction"} and len(ablations) == 24, ablations
     assert all(r["n_seeds"] == "2" for r in ablations), ablations
     assert "ablation chart" in page and (project_copy / "data" / "ablate" / "predictions.parquet").is_file()
-    assert (project_copy / "reports" / "ablations.md").read_text(encoding="utf-8").count("Protocol: every arm") == 2
-    # the gatedclip group's baselines are stage train's seeds, read (same settings and seed), not retrained
+    assert (project_copy / "reports" / "ablations.md").read_text(encoding="utf-8").count("Protocol: every arm") == 3
+    # the arms that are stage train's seeds are read (same settings and seed), not retrained
     runs_csv = pd.read_csv(project_copy / "reports" / "ablate" / "runs.csv")
     reused = runs_csv[runs_csv["trained_in"] == "train"]
-    assert sorted(set(reused["arm"])) == ["concat", "cross", "image_only", "text_only"] and len(reused) == 8, runs_csv
+    assert sorted(set(zip(reused["group"], reused["arm"]))) == [
+        ("gatedclip", "concat"), ("gatedclip", "cross"), ("gatedclip", "image_only"), ("gatedclip", "text_only"),
+        ("interaction", "full"), ("interaction", "gatedclip"), ("interaction", "gatedclip_bilinear"),
+        ("interaction", "retrieval")] and len(reused) == 16, runs_csv
     ablated = pd.read_parquet(project_copy / "data" / "ablate" / "predictions.parquet")
     trained = pd.read_parquet(project_copy / "data" / "train" / "text_only.parquet").query("split == 'test'")
     arm = ablated.query("group == 'gatedclip' and arm == 'text_only'")
