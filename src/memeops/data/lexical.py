@@ -118,11 +118,10 @@ def object_tags(detections: pd.DataFrame, image_keys: Sequence[str], num_classes
     bad = kept["class_id"] >= num_classes
     if bad.any():
         raise ValueError(f"detections name class {int(kept['class_id'].max())} but the detector has {num_classes} classes")
-    row_of = pd.Series(np.arange(len(image_keys)), index=pd.Index(list(image_keys))).groupby(level=0).agg(list)
+    rows = pd.DataFrame({"image_sha256": list(image_keys), "row": np.arange(len(image_keys))})
+    hits = rows.merge(kept[["image_sha256", "class_id"]], on="image_sha256")  # a repeated image: every row
     tags = np.zeros((len(image_keys), num_classes), np.float32)
-    for key, cls_id in zip(kept["image_sha256"], kept["class_id"]):
-        for row in row_of.get(key, []):
-            tags[row, int(cls_id)] = 1.0
+    tags[hits["row"].to_numpy(), hits["class_id"].to_numpy(np.int64)] = 1.0
     return torch.from_numpy(tags)
 
 

@@ -147,9 +147,14 @@ class TinyVLM(nn.Module):
         """Logits ``[N, V]`` at the N answer positions only, their targets ``[N]`` and the ``[B, T]``
         answer mask. The vocabulary projection dominates a decoder this small; skipping it on the
         prompt (about 3/4 of the tokens) makes a training step ~1.5x faster than ``forward``."""
-        hidden = self.token_hidden(image_emb, input_ids, attention_mask)
+        logits, targets = self.answer_vocab_logits(self.token_hidden(image_emb, input_ids, attention_mask), labels)
+        return logits, targets, labels != IGNORE
+
+    def answer_vocab_logits(self, hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits ``[N, V]`` at the N answer positions of ``hidden`` (:meth:`token_hidden`'s states, whose
+        prompt positions a label head may also read) and their targets ``[N]``."""
         answer = labels != IGNORE
-        return self.vocab_logits(hidden[answer]), labels[answer], answer
+        return self.vocab_logits(hidden[answer]), labels[answer]
 
     def hidden_states(self, image_emb: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``[B, P + T, H]`` last decoder states (after the final norm) of prefix and tokens."""

@@ -124,12 +124,11 @@ def weighted_answer_loss(model: TinyVLM, image_emb: Tensor, batch: Mapping[str, 
 
 
 def _answer_ce(model: TinyVLM, hidden: Tensor, labels: Tensor, label_weight: float, newline_id: int | None) -> Tensor:
-    answer = labels != IGNORE
-    logits, targets = model.vocab_logits(hidden[answer]), labels[answer]
+    logits, targets = model.answer_vocab_logits(hidden, labels)
     ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     if label_weight == 1.0:
         return ce.mean()
-    weights = 1.0 + (label_weight - 1.0) * label_line_mask(labels, newline_id)[answer].float()
+    weights = 1.0 + (label_weight - 1.0) * label_line_mask(labels, newline_id)[labels != IGNORE].float()
     return (ce * weights).sum() / weights.sum().clamp_min(1.0)
 
 
@@ -158,8 +157,7 @@ def validation_losses(model: TinyVLM, tokenizer: Any, samples: Sequence[Instruct
                 tokenizer, [s.prompt for s in chunk], [s.target for s in chunk], cfg.max_length
             )
             hidden = model.token_hidden(_image_batch(chunk, images, None), batch["input_ids"], batch["attention_mask"])
-            answer = batch["labels"] != IGNORE
-            logits, targets = model.vocab_logits(hidden[answer]), batch["labels"][answer]
+            logits, targets = model.answer_vocab_logits(hidden, batch["labels"])
             total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
             count += len(targets)
             if heads:
@@ -168,12 +166,6 @@ def validation_losses(model: TinyVLM, tokenizer: Any, samples: Sequence[Instruct
     if heads:
         out["val_head_loss"] = head / max(len(samples), 1)
     return out
-
-
-def answer_loss(model: TinyVLM, tokenizer: Any, samples: Sequence[InstructionSample],
-                images: Mapping[str, tuple[np.ndarray, np.ndarray]], cfg: VLMTrainConfig) -> float:  # fmt: skip
-    """Mean per-token NLL of the reference answers (the validation selection metric without a head)."""
-    return validation_losses(model, tokenizer, samples, images, cfg)["val_loss"]
 
 
 def monitor_value(record: Mapping[str, float], cfg: VLMTrainConfig) -> float:
