@@ -401,3 +401,33 @@ def test_lexical_encoder_packs_loads_and_encodes_raw_memes(tmp_path: Path, clip_
     clip = ClipFeatureInputs.load(clip_dir, {}, "cpu").encode(images, captions)  # packed CLIP = the source's
     torch.testing.assert_close(out["image_emb"], clip["image_emb"])
     torch.testing.assert_close(out["text_emb"], clip["text_emb"])
+
+
+def test_lexical_inputs_config_mistakes_are_one_line_config_errors(tmp_path: Path) -> None:
+    """A non-detector object view, or a detector without classes, is a ConfigError (stages print it as
+    one line), raised before any data is read."""
+    import json
+    from types import SimpleNamespace
+
+    from memeops.config import ConfigError, VariantConfig
+    from memeops.training.experiment import lexical_family
+    from memeops.vision.extract import RegionsConfig
+
+    (tmp_path / "detector").mkdir()
+    (tmp_path / "detector" / "detector_config.json").write_text(json.dumps({"class_names": []}))
+    (tmp_path / "detections.parquet").write_bytes(b"")
+    regions = RegionsConfig(detector_dir=str(tmp_path / "detector"), output_dir=str(tmp_path))
+    memes = pd.DataFrame({"split": ["train"], "text": ["a"], "image_sha256": ["0" * 64]})
+    encoder = SimpleNamespace(dim=4)
+
+    def family(object_view: str) -> None:
+        variant = VariantConfig.model_validate({"model": "bilinear", "inputs": {"lexical": {}, "object_view": object_view}})
+        lexical_family(variant, memes, None, [], encoder, regions)
+
+    with pytest.raises(ConfigError, match="object_view 'grid' must be a detector view"):
+        family("grid")
+    with pytest.raises(ConfigError, match="names no classes"):
+        family("detector")
+    with pytest.raises(ConfigError, match="needs the regions params"):
+        lexical_family(VariantConfig.model_validate({"model": "bilinear", "inputs": {"lexical": {}}}),
+                       memes, None, [], encoder, None)  # fmt: skip

@@ -34,6 +34,7 @@ import pandas as pd
 from pydantic import BaseModel
 from torch import nn
 
+from memeops.config import ConfigError
 from memeops.config.data import SPLITS
 from memeops.config.train import TrainStageConfig, VariantConfig
 from memeops.data.features import FeatureDataset, FeatureStore
@@ -295,11 +296,11 @@ def lexical_family(variant_cfg: VariantConfig, memes: pd.DataFrame, store: Featu
     from memeops.vision.extract import DETECTIONS_FILE
 
     if regions is None:
-        raise ValueError("a variant with `inputs: {lexical: ...}` needs the regions params (the detector's tags)")
+        raise ConfigError("a variant with `inputs: {lexical: ...}` needs the regions params (the detector's tags)")
     cfg = LexicalInputsConfig.model_validate(variant_cfg.inputs)
     view = regions.views.get(cfg.object_view)
     if view is None or view.source != "detector":
-        raise ValueError(f"inputs.object_view {cfg.object_view!r} must be a detector view of params regions.views "
+        raise ConfigError(f"inputs.object_view {cfg.object_view!r} must be a detector view of params regions.views "
                          f"({', '.join(regions.views)})")  # fmt: skip
     detections_path = Path(regions.output_dir) / DETECTIONS_FILE
     config_path = Path(regions.detector_dir) / "detector_config.json"
@@ -308,7 +309,7 @@ def lexical_family(variant_cfg: VariantConfig, memes: pd.DataFrame, store: Featu
             raise FileNotFoundError(f"{path} not found: the lexical inputs need stages train_detector and regions")
     class_names = json.loads(config_path.read_text(encoding="utf-8")).get("class_names") or []
     if not class_names:
-        raise ValueError(f"{config_path} names no classes: the lexical inputs need a detector with classes")
+        raise ConfigError(f"{config_path} names no classes: the lexical inputs need a detector with classes")
     inputs = LexicalInputs(memes, store, specs, encoder.dim, cfg, pd.read_parquet(detections_path),
                            len(class_names), view.min_score)  # fmt: skip
 
