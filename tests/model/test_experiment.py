@@ -138,3 +138,25 @@ def test_gatedclip_report_carries_gate_statistics(tmp_path: Path, cached_feature
     assert set(report["gate"]) == {"val", "test", "test_unseen"}
     assert 0.0 <= report["gate"]["test"]["mean"] <= 1.0
     assert "gate" not in train_variant("text_only", memes, store, DIM, _cfg(), tmp_path / "run2").report()
+
+
+def test_a_worker_seeds_config_error_reaches_the_stage_as_is_other_failures_name_the_seed() -> None:
+    """SeedRunner.collect: a ConfigError (or a missing input) from a worker stays itself, so run_stage
+    prints it as one line; any other failure is wrapped with the variant and seed that failed."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from memeops.config import ConfigError
+    from memeops.training.seed_pool import SeedRunner
+
+    def failed(exc: Exception) -> Future:
+        future: Future = Future()
+        future.set_exception(exc)
+        return future
+
+    runner = SeedRunner(context=None, pool=object())  # collect only reads the futures
+    job = SimpleNamespace(variant="bilinear", seed=1)
+    with pytest.raises(ConfigError, match="object_view"):
+        runner.collect([job], [failed(ConfigError("inputs.object_view 'grid' must be a detector view"))])
+    with pytest.raises(RuntimeError, match="train bilinear seed 1 failed: boom"):
+        runner.collect([job], [failed(ValueError("boom"))])

@@ -26,6 +26,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from memeops.config import ConfigError
 from memeops.config.train import TrainStageConfig
 from memeops.data.consolidate import read_memes
 from memeops.data.features import FeatureStore
@@ -170,6 +171,8 @@ class SeedRunner:
         for job, future in zip(jobs, futures):
             try:
                 outcomes.append(future.result())
+            except (ConfigError, FileNotFoundError):
+                raise  # the user's params or a missing input: run_stage prints it as one line, as in process
             except Exception as exc:
                 raise RuntimeError(f"train {job.variant} seed {job.seed} failed: {exc}") from exc
         return outcomes
