@@ -61,6 +61,8 @@ BUDGET_SECONDS = 1200  # the whole default pipeline, ablations included: 20 minu
 COPY_ITEMS = ("dvc.yaml", "params.yaml", "stages", "src")
 COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 TAIL_LINES = 40
+#: The line every stage prints last (stages.peak_memory_line).
+PEAK_MEMORY = re.compile(r"stage \S+: peak memory (\d+) MiB \(stage process\), (\d+) MiB \(largest worker\)")
 
 
 class BenchError(RuntimeError):
@@ -196,6 +198,23 @@ def _dvc(project: Path, env: Mapping[str, str], *args: str, log_path: Path | Non
         "starts": starts,
         "tail": "\n".join(err_tail or out_tail),
     }
+
+
+def peak_memory(log_text: str) -> dict[str, dict[str, int]]:
+    """Each DVC stage's peak memory, from the log of a repro: the :data:`PEAK_MEMORY` line that
+    follows its "Running stage" line (a matrix stage such as ``tune@x`` prints as ``tune``).
+    ``{stage: {"stage_mib", "worker_mib"}}``; a stage without the line is absent."""
+    out: dict[str, dict[str, int]] = {}
+    current = None
+    for line in log_text.splitlines():
+        started = re.match(r"Running stage '([^']+)'", line)
+        if started:
+            current = started.group(1)
+            continue
+        found = PEAK_MEMORY.search(line)
+        if found and current is not None:
+            out[current] = {"stage_mib": int(found.group(1)), "worker_mib": int(found.group(2))}
+    return out
 
 
 def _log_name(stage: str) -> str:
@@ -387,10 +406,14 @@ def run(
             raise BenchError(f"the no-op dvc repro failed:\n{noop['tail']}")
 
         stage_seconds = {name: r["seconds"] for name, r in results.items()}
+        memory: dict[str, dict[str, int]] = {}
+        for log in sorted(logs.glob("*.log")):
+            memory.update(peak_memory(log.read_text(encoding="utf-8", errors="replace")))
         complete = not targets and not overrides
         pipeline = {
             "stages": {name: round(s, 2) for name, s in stage_seconds.items()},
             "stage_status": {name: r["status"] for name, r in results.items()},
+            "peak_memory_mib": {name: memory[name] for name in stage_seconds if name in memory},
             "order": list(plan.order),
             "total_seconds": round(total, 2),
             "sum_stage_seconds": round(sum(stage_seconds.values()), 2),

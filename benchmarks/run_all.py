@@ -146,16 +146,20 @@ def render_markdown(bench: Mapping[str, Any]) -> str:
             (f"Total **{_fmt(p.get('total_seconds'), ' s')}** for {len(p.get('stages') or {})} stages, "
              f"budget {p.get('budget_seconds')} s: {verdict[p.get('within_budget')]}. No-op `dvc repro`: "
              f"{_fmt(p.get('noop_seconds'), ' s', 2)} (ran {len(p.get('noop_ran') or [])} stages)."),
-            "", "| stage | seconds | share |", "|---|---:|---:|",
+            "", ("Peak memory: the stage's own process, and the largest of its worker processes (seed or arm "
+                 "workers; two side by side held up to twice that)."),
+            "", "| stage | seconds | share | peak MiB (stage) | peak MiB (worker) |", "|---|---:|---:|---:|---:|",
         ]  # fmt: skip
         total = p.get("total_seconds") or 0
         stages = p.get("stages") or {}
+        memory = p.get("peak_memory_mib") or {}
         order = [name for name in p.get("order") or [] if name in stages]
         for name in order + [s for s in stages if s not in order]:  # DVC's order, whatever the JSON's
-            seconds = stages[name]
+            seconds, mem = stages[name], memory.get(name) or {}
             share = f"{100 * seconds / total:.1f}%" if total else "–"
-            lines.append(f"| `{name}` | {seconds:.1f} | {share} |")
-        lines.append(f"| **total** | **{_fmt(total)}** | |")
+            lines.append(f"| `{name}` | {seconds:.1f} | {share} | {_fmt(mem.get('stage_mib'), digits=0)} | "
+                         f"{_fmt(mem.get('worker_mib') or None, digits=0)} |")  # fmt: skip
+        lines.append(f"| **total** | **{_fmt(total)}** | | | |")
         lines.append("")
     f = bench.get("features") or {}
     if f:

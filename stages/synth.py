@@ -11,6 +11,7 @@ from pathlib import Path
 
 from memeops.data.synth.generate import generate
 from memeops.stage_context import StageContext
+from stages import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,4 +25,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage("synth", main))

@@ -107,6 +107,24 @@ def test_merge_keeps_other_keys_and_markdown(tmp_path: Path) -> None:
     assert "concurrent (4 clients)" in markdown and "failed: no features" in markdown
 
 
+def test_peak_memory_lines_map_to_dvc_stages(capsys: pytest.CaptureFixture[str]) -> None:
+    from stages import run_stage
+
+    assert run_stage("tune", lambda: 0) == 0  # a finished stage ends with its peak memory line
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert bp.PEAK_MEMORY.search(line) and line.startswith("stage tune: peak memory ")
+    log = "\n".join([
+        "Running stage 'synth':", "> python -m stages.synth", "stage synth: peak memory 812 MiB (stage process), "
+        "403 MiB (largest worker)", "Running stage 'tune@concat':", "stage tune: peak memory 300 MiB (stage "
+        "process), 0 MiB (largest worker)", "Running stage 'report':", "no line: absent",
+    ])  # fmt: skip
+    memory = bp.peak_memory(log)
+    assert memory == {"synth": {"stage_mib": 812, "worker_mib": 403}, "tune@concat": {"stage_mib": 300, "worker_mib": 0}}
+    pipeline = {"stages": {"synth": 1.0, "tune@concat": 2.0}, "total_seconds": 3.0, "peak_memory_mib": memory}
+    markdown = run_all.render_markdown({"pipeline": pipeline})
+    assert "| `synth` | 1.0 | 33.3% | 812 | 403 |" in markdown and "| `tune@concat` | 2.0 | 66.7% | 300 | – |" in markdown
+
+
 def test_params_override_parsing(tmp_path: Path) -> None:
     assert bp.parse_override(None) == {}
     assert bp.parse_override('{"synth": {"n_memes": 30}}') == {"synth": {"n_memes": 30}}
@@ -150,6 +168,9 @@ def test_pipeline_benchmark_tiny_until_validate(subprocess_env: dict[str, str], 
     assert summed <= total + 0.05 and total - summed < max(10.0, 0.1 * total)
     assert pipe["runner"].startswith("one dvc repro")
     assert pipe["noop_ran"] == [] and pipe["noop_seconds"] > 0
+    # every stage printed its peak memory (stages.run_stage), read back per DVC stage
+    assert set(pipe["peak_memory_mib"]) == set(pipe["stages"])
+    assert all(m["stage_mib"] > 0 for m in pipe["peak_memory_mib"].values())
     assert pipe["budget_seconds"] == 1200
     assert pipe["within_budget"] is None  # partial and overridden: not judged
     assert pipe["params_override"] == TINY_PARAMS and pipe["targets"] == ["validate"]

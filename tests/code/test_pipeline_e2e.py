@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,10 @@ def test_dvc_repro_tiny_pipeline(project_copy: Path, subprocess_env: dict[str, s
 
     first = _run(["dvc", "repro"], project_copy, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # progress while the long stages run (pretrain_clip, the VLM: a line per epoch with an ETA), and
+    # every stage's peak memory as it ends (stages.run_stage; make bench reads it)
+    assert re.search(r"train_vlm unified epoch 1/\d+: .* ETA \d+ s", first.stderr), first.stderr[-3000:]
+    assert first.stderr.count("peak memory") >= first.stdout.count("Running stage"), first.stderr[-3000:]
 
     sheet = json.loads((project_copy / "reports" / "datasheet.json").read_text())
     for name, counts in sheet["sources"].items():

@@ -14,6 +14,7 @@ test macro-F1 per source and task (``benchmarks/vlm_regimes.py`` writes it to ``
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -359,9 +360,18 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
     tags = {"memeops.validation_passed": validation_passed(validation_report), "memeops.feature_spec": encoder.spec_key,
             "memeops.vlm.regime": cfg.regime, "memeops.vlm.skipped_tasks": json.dumps(skipped)}  # fmt: skip
     history: list[dict[str, Any]] = []
+    seeds = cfg.seeds or [cfg.trainer.seed]
+    models = 1 if cfg.regime == UNIFIED else max(1, len({s.source for s in samples if s.split == "train"}))
+    planned, started = len(seeds) * models * cfg.trainer.epochs, time.perf_counter()
 
     def on_epoch(key: str, epoch: int, record: Mapping[str, float]) -> None:
         history.append({"model": key, **record})
+        # one progress line per epoch (an epoch is ~30 s on 2 cores): rate and ETA over the whole stage
+        done, elapsed = len(history), time.perf_counter() - started
+        eta = elapsed / done * max(0, planned - done)
+        print(f"train_vlm {key} epoch {epoch}/{cfg.trainer.epochs}: train loss {record['train_loss']:.4f}, val loss "
+              f"{record['val_loss']:.4f}; {done}/{planned} epochs in {elapsed:.0f} s, ETA {eta:.0f} s",
+              file=sys.stderr, flush=True)  # fmt: skip
         prefix = "" if key == UNIFIED else f"{key}/"
         metrics = {f"{prefix}train/answer_loss": record["train_loss"], f"{prefix}val/answer_loss": record["val_loss"]}
         if "val_head_loss" in record:  # the label head's cross-entropy and the selection value
@@ -374,7 +384,6 @@ def run_vlm_stage(cfg: VLMStageConfig, tasks: Sequence[str], encoder_cfg: Any, *
                      data_digest=digest, params=params, extra_tags=tags):  # fmt: skip
         for split in ("train", "val", "test"):
             log_dataset(memes[memes["split"] == split], name=f"memes-{split}", digest=digest, context=split)
-        seeds = cfg.seeds or [cfg.trainer.seed]
         results = {}
         for seed in seeds:  # the curve logged is every seed's, one after the other (history has the model key)
             trainer = cfg.trainer.model_copy(update={"seed": seed})

@@ -260,13 +260,13 @@ def encode_pairs(
     end of the prompt -- the meme text and the format line -- are what matter).
     """
     rows, labels = [], []
-    for i, prompt in enumerate(prompts):
-        p = tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
-        a = (
-            tokenizer(answers[i], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            if answers
-            else []
-        )
+    # one batch call per side (the same ids as one call per text, without a Python round trip each:
+    # per-text calls were ~8% of the VLM's fit on 2 CPU cores)
+    texts = [prompt + "\n" for prompt in prompts]
+    prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    answer_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"] if answers else []
+    for i, p in enumerate(prompt_ids):
+        a = answer_ids[i] + [tokenizer.eos_token_id] if answers else []
         room = max_length - 1 - len(a)
         p = p[-room:] if room > 0 else []
         ids = [tokenizer.bos_token_id, *p, *a][:max_length]
