@@ -126,7 +126,8 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
 def write_cached_features(root: Path, memes: Any, image: Any, text: Any,
                           spec: str = "spec") -> Path:  # fmt: skip
     """A feature cache under ``root/<spec>`` holding ``image`` / ``text`` rows for ``memes`` (keyed by
-    their content, flipped image = image), as stage features writes it; returns ``root``."""
+    their content, flipped image = image), as stage features writes it (``text`` may be wider than
+    ``image``, as with a sentence encoder for captions); returns ``root``."""
     import torch
 
     from memeops.data.features import _write_index, _write_shard, content_key
@@ -136,7 +137,7 @@ def write_cached_features(root: Path, memes: Any, image: Any, text: Any,
     keys = [content_key(s, t) for s, t in zip(memes["image_sha256"], memes["text"])]
     arrays = {"image": torch.from_numpy(image), "image_flip": torch.from_numpy(image.copy()), "text": torch.from_numpy(text)}
     shard = _write_shard(folder, keys, arrays, spec)
-    _write_index(folder, {k: (shard, i) for i, k in enumerate(keys)}, spec, image.shape[1])
+    _write_index(folder, {k: (shard, i) for i, k in enumerate(keys)}, spec, image.shape[1], text.shape[1])
     return Path(root)
 
 

@@ -6,7 +6,8 @@ context is the single place that knows
 
 * the consolidated meme table: ``{data.output_dir}/memes.parquet``;
 * the feature cache: ``features.cache_dir``;
-* the frozen encoder: ``encoders.clip`` resolved (its own weights, else stage pretrain_clip's);
+* the frozen encoder: ``encoders.clip`` resolved (its own weights, else stage pretrain_clip's), and
+  ``encoders.text`` (a sentence encoder for the captions) when set;
 * MGMCF's region inputs: ``region_features`` and ``regions``;
 * the reports folder: ``reports/``, its ``validation.json`` and ``metrics/<name>.json``;
 * the MLflow experiment (``train.experiment``) and the run every stage logs.
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from memeops.config import Params, TrainStageConfig, load_params
+from memeops.config import Params, SentenceEncoderConfig, TrainStageConfig, load_params
 from memeops.timing import without_timings
 from memeops.tracking.runs import file_md5, tracked_run
 
@@ -94,10 +95,13 @@ class StageContext:
     @cached_property
     def encoder_config(self) -> ClipEncoderConfig:
         """``encoders.clip`` resolved: its weights / pretrained tag, else stage pretrain_clip's encoder
-        (FileNotFoundError, one line, when neither exists)."""
-        from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config  # torch, open_clip
+        (FileNotFoundError, one line, when neither exists); with ``encoders.text`` in it when that
+        names a sentence encoder for the captions (every stage that loads the encoder then agrees on
+        the feature cache's key)."""
+        from memeops.models.clip import ClipEncoderConfig, resolve_encoder_config, with_text_encoder  # torch
 
-        return resolve_encoder_config(self.section("encoders.clip", ClipEncoderConfig))
+        clip = resolve_encoder_config(self.section("encoders.clip", ClipEncoderConfig))
+        return with_text_encoder(clip, self.section("encoders.text", SentenceEncoderConfig))
 
     @cached_property
     def train(self) -> TrainStageConfig:

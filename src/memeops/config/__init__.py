@@ -5,7 +5,9 @@ sections are the typed models of this package.
 - :mod:`memeops.config.data`: the data sections (``synth``, ``data``, ``ocr``, ``validate``) and
   :data:`SPLITS`;
 - :mod:`memeops.config.train`: the ``train`` section (:class:`TrainStageConfig`, its variants, the
-  trainer settings :class:`TrainConfig` and their partial overrides).
+  trainer settings :class:`TrainConfig` and their partial overrides);
+- :mod:`memeops.config.encoders`: ``encoders.text`` (:class:`SentenceEncoderConfig`, the caption
+  encoder of the feature cache; ``encoders.clip`` lives beside the CLIP code).
 
 Torch-free by design (pydantic and yaml only): any tool can check params without the model stack.
 """
@@ -20,6 +22,7 @@ from memeops.config.data import (
     SynthConfig,
     ValidateConfig,
 )
+from memeops.config.encoders import SentenceEncoderConfig
 from memeops.config.params import ConfigError, Params, load_params
 from memeops.config.train import TrainConfig, TrainerOverrides, TrainStageConfig, VariantConfig
 
@@ -30,6 +33,7 @@ __all__ = [
     "LeakageConfig",
     "OcrConfig",
     "Params",
+    "SentenceEncoderConfig",
     "SourceConfig",
     "SplitFractions",
     "SynthConfig",

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from memeops.config.data import ConsolidateConfig, OcrConfig, SynthConfig, ValidateConfig
+from memeops.config.encoders import SentenceEncoderConfig
 from memeops.config.train import TrainStageConfig
 
 
@@ -40,6 +41,16 @@ class Params(BaseModel):
     encoders: dict[str, Any] = Field(default_factory=dict)
     pretrain_clip: dict[str, Any] = Field(default_factory=dict)
     features: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _text_encoder_valid(self) -> Params:
+        """``encoders.text`` is torch-free, so a typo in it fails when the file is loaded (``memeops
+        params``), not half an hour later in stage features."""
+        try:
+            SentenceEncoderConfig.model_validate(self.encoders.get("text") or {})
+        except ValidationError as exc:
+            raise ValueError(f"encoders.text: {one_line(exc)}") from None
+        return self
 
     def section(self, name: str, model_cls: type[BaseModel]) -> Any:
         """``params.<name>`` (dotted for nesting, e.g. ``encoders.clip``) validated as ``model_cls``;

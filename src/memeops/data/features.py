@@ -6,10 +6,12 @@ encoded once per encoder and reused by every run, sweep and seed:
 * a meme's **content key** is ``sha256(image_sha256 + "\\0" + text)``: the same picture with the
   same caption is the same input whatever its source or id, and an edited caption is a new key;
 * an encoder's embeddings live in ``cache_dir/<spec_key>/`` (``ClipEncoder.spec_key`` hashes the
-  config and the weights file), so changing weights can never serve stale features;
+  config and the weights file, and the caption encoder of ``encoders.text`` when one is set), so
+  changing weights or the text encoder can never serve stale features;
 * the folder holds shards ``shard_00000.safetensors`` (tensors ``image`` / ``image_flip`` / ``text``,
   each ``float32[N, D]``, and their keys in the header metadata) and ``index.json``
-  (key -> [shard, row]). Few large files keep DVC fast. Only keys missing from the index are
+  (key -> [shard, row]; ``dim`` the image width, and ``text_dim`` only when the text width differs,
+  as with a sentence encoder for captions). Few large files keep DVC fast. Only keys missing from the index are
   computed, into *new* shards; old shards are never rewritten (safe for DVC-tracked caches and for
   readers holding them open). One writer per folder at a time.
 * ``image_flip`` is the embedding of the horizontally flipped image, so flip augmentation (the
@@ -25,6 +27,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +129,24 @@ def read_index(folder: Path) -> dict[str, tuple[str, int]]:
     return {k: (s, int(r)) for k, (s, r) in entries.items()}
 
 
-def _write_index(folder: Path, index: dict[str, tuple[str, int]], spec_key: str, dim: int) -> None:
-    payload = {"spec_key": spec_key, "dim": dim, "entries": {k: [s, r] for k, (s, r) in index.items()}}
+def _write_index(folder: Path, index: dict[str, tuple[str, int]], spec_key: str, dim: int,
+                 text_dim: int | None = None) -> None:  # fmt: skip
+    """``index.json``; ``text_dim`` is written only when it differs from ``dim`` (the image width), so
+    a cache whose two widths agree keeps the file it always had."""
+    payload = {"spec_key": spec_key, "dim": dim, **_text_dim_entry(dim, text_dim),
+               "entries": {k: [s, r] for k, (s, r) in index.items()}}  # fmt: skip
     _atomic_write_text(folder / INDEX_FILE, json.dumps(payload))
+
+
+def _text_dim_entry(dim: int, text_dim: int | None) -> dict[str, int]:
+    return {"text_dim": text_dim} if text_dim is not None and text_dim != dim else {}
+
+
+def cache_dims(folder: Path) -> dict[str, int]:
+    """Width of each tensor of a cache folder (``image``, ``image_flip``, ``text``) from its index."""
+    payload = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+    dim = int(payload["dim"])
+    return {"image": dim, "image_flip": dim, "text": int(payload.get("text_dim", dim))}
 
 
 def _next_shard_number(folder: Path) -> int:
@@ -169,7 +187,7 @@ def _todo(
 
 
 def _encode_batch(encoder: ClipEncoder, images: Tensor, texts: list[str]) -> dict[str, Tensor]:
-    """``[B, 3, S, S]`` preprocessed images + texts -> image / image_flip / text, each ``[B, D]``.
+    """``[B, 3, S, S]`` preprocessed images + texts -> image / image_flip ``[B, D]``, text ``[B, D_text]``.
 
     The flip is taken on the preprocessed tensor: open_clip's eval transform (resize + centre crop)
     commutes with a horizontal flip, and one forward pass covers both views.
@@ -181,7 +199,8 @@ def _encode_batch(encoder: ClipEncoder, images: Tensor, texts: list[str]) -> dic
 
 def _write_spec(folder: Path, encoder: ClipEncoder) -> None:
     if not (folder / SPEC_FILE).is_file():
-        spec = {"spec_key": encoder.spec_key, "dim": encoder.dim, "encoder": encoder.config.model_dump()}
+        spec = {"spec_key": encoder.spec_key, "dim": encoder.dim, **_text_dim_entry(encoder.dim, encoder.text_dim),
+                "encoder": encoder.config.model_dump()}  # fmt: skip
         _atomic_write_text(folder / SPEC_FILE, json.dumps(spec, indent=2))
 
 
@@ -228,7 +247,7 @@ def _flush(
     n = min(shard_size, len(buf_keys))
     name = _write_shard(folder, buf_keys[:n], {k: v[:n] for k, v in cat.items()}, encoder.spec_key)
     index.update({k: (name, row) for row, k in enumerate(buf_keys[:n])})
-    _write_index(folder, index, encoder.spec_key, encoder.dim)
+    _write_index(folder, index, encoder.spec_key, encoder.dim, encoder.text_dim)
     stats.new_shards.append(name)
     for k in buf:
         buf[k] = [cat[k][n:]] if n < len(buf_keys) else []
@@ -252,6 +271,20 @@ class FeatureStore:
     def __len__(self) -> int:
         return len(self.index)
 
+    @cached_property
+    def dims(self) -> dict[str, int]:
+        """Width of each tensor (``image``, ``image_flip``, ``text``): the model config's input widths."""
+        return cache_dims(self.folder)
+
+    @property
+    def image_dim(self) -> int:
+        return self.dims["image"]
+
+    @property
+    def text_dim(self) -> int:
+        """The caption embedding's width: the image width, unless ``encoders.text`` set a sentence encoder."""
+        return self.dims["text"]
+
     def __contains__(self, key: object) -> bool:
         return key in self.index
 
@@ -261,14 +294,14 @@ class FeatureStore:
         return self._shards[name]
 
     def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        """``{"image", "image_flip", "text"}`` -> ``float32[len(keys), D]`` in the order of ``keys``."""
+        """``{"image", "image_flip", "text"}`` -> ``float32[len(keys), D]`` in the order of ``keys`` (D per
+        tensor: :attr:`dims`)."""
         missing = sum(1 for k in keys if k not in self.index)
         if missing:
             raise KeyError(f"{missing} of {len(keys)} content keys are not in the feature cache {self.folder}: "
                            "run extract_features on these memes first")  # fmt: skip
         if not keys:
-            dim = json.loads((self.folder / INDEX_FILE).read_text(encoding="utf-8"))["dim"]
-            return {name: np.zeros((0, dim), np.float32) for name in TENSORS}
+            return {name: np.zeros((0, self.dims[name]), np.float32) for name in TENSORS}
         locs = [self.index[k] for k in keys]
         out = {}
         for name in TENSORS:
@@ -329,7 +362,7 @@ class BatchedDataset(Dataset):
 class FeatureDataset(BatchedDataset):
     """Cached embeddings + multi-task targets of one split.
 
-    Items: ``{"image_emb": [D], "text_emb": [D], "targets": {task: [] long | [L] float}, "meme_id"}``;
+    Items: ``{"image_emb": [D], "text_emb": [D_text], "targets": {task: [] long | [L] float}, "meme_id"}``;
     the trainer fetches whole batches (``dataset[list_of_indices]``, see ``batched``), targets
     exactly as :func:`memeops.models.base.batch_targets` builds them (IGNORE_INDEX / all -1 rows
     for missing labels). With ``train=True`` each item uses the
@@ -347,7 +380,7 @@ class FeatureDataset(BatchedDataset):
         arrays = store.get(content_keys(rows))
         self.image = torch.from_numpy(arrays["image"])  # [N, D]
         self.image_flip = torch.from_numpy(arrays["image_flip"])  # [N, D]
-        self.text = torch.from_numpy(arrays["text"])  # [N, D]
+        self.text = torch.from_numpy(arrays["text"])  # [N, D_text]
         self.targets = batch_targets(meme_labels(rows, specs), list(specs))  # {task: [N] | [N, L]}
         self.meme_ids = rows["meme_id"].astype(str).tolist()
         self.train = train

@@ -172,7 +172,7 @@ class LexicalInputs:
         self.num_classes = num_classes
 
     def model_dims(self) -> dict[str, Any]:
-        return {"image_dim": self.dim, "text_dim": self.dim, "lexical_dim": self.ngrams.size,
+        return {"image_dim": self.dim, "text_dim": self.store.text_dim, "lexical_dim": self.ngrams.size,
                 "object_classes": self.num_classes}  # fmt: skip
 
     def dataset(self, split: str, train: bool = False, generator: Any = None) -> LexicalDataset:

@@ -19,6 +19,13 @@ highest id, so argmax finds the end of text (see ``text_tokenizer.py``).
 ``ClipEncoder.spec_key`` names the feature-cache folder: a hash of everything that changes the
 embeddings (config minus file paths, plus sha256 of the weights and tokenizer files), so swapping
 a checkpoint in place can never serve stale features, and moving a file never invalidates them.
+
+``text_encoder`` (``encoders.text``, off by default): captions are embedded by a pretrained sentence
+encoder (:mod:`memeops.models.sentence_encoder`) instead of the CLIP text tower, while images keep
+the CLIP image tower. Its identity (content hash, max length, pooling) joins the spec key; the
+text embedding then has the sentence encoder's width (:attr:`ClipEncoder.text_dim`, 384 for
+all-MiniLM-L6-v2), which may differ from the image width (:attr:`ClipEncoder.dim`). Left unset, the
+field is absent from every dump, so the default encoder's config files and spec key are unchanged.
 """
 
 from __future__ import annotations
@@ -36,9 +43,18 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from torch import Tensor, nn
 
+from memeops.config.encoders import SentenceEncoderConfig
+from memeops.models.sentence_encoder import SentenceEncoder, load_sentence_encoder
 from memeops.models.text_tokenizer import CorpusTokenizer
 from memeops.threads import torch_threads  # noqa: F401  (re-exported: feature extraction, pretraining)
 
@@ -114,6 +130,23 @@ class ClipEncoderConfig(BaseModel):
     text_heads: int = 3
     context_length: int = 48
     vocab_size: int | None = None  # None: taken from the tokenizer
+    # Captions by a sentence encoder instead of the text tower (encoders.text; None: the CLIP tower).
+    text_encoder: SentenceEncoderConfig | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_unset_text_encoder(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``text_encoder: null`` out of every dump: the default encoder's clip_config.json,
+        spec key and run fingerprints stay what they were before the field existed."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("text_encoder") is None:
+            data.pop("text_encoder", None)
+        return data
+
+    @field_validator("text_encoder")
+    @classmethod
+    def _clip_tower_is_none(cls, value: SentenceEncoderConfig | None) -> SentenceEncoderConfig | None:
+        """``kind: clip`` means the CLIP text tower: the same encoder (and spec key) as no entry."""
+        return value if value is not None and value.enabled else None
 
     @model_validator(mode="after")
     def _check(self) -> ClipEncoderConfig:
@@ -365,8 +398,11 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def make_spec_key(cfg: ClipEncoderConfig, identity: dict[str, Any]) -> str:
-    """``<arch>-<16 hex>``: hash of the config (paths excluded) and the content identities."""
-    payload = {"config": cfg.model_dump(exclude=set(PATH_FIELDS)), **identity}
+    """``<arch>-<16 hex>``: hash of the config (paths excluded) and the content identities.
+
+    A text encoder counts by its identity only (content hash, resolved max length and pooling), not
+    by how it was named: the same weights from the package or copied to a path give the same key."""
+    payload = {"config": cfg.model_dump(exclude={*PATH_FIELDS, "text_encoder"}), **identity}
     if identity.get("init") != "random":
         payload["config"].pop("init_seed")
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -421,11 +457,16 @@ def encode_text(model: nn.Module, tokens: Tensor, normalize: bool = True) -> Ten
 
 
 class ClipEncoder:
-    """A frozen CLIP in eval mode: PIL images / texts -> L2-normalised float32 ``[B, dim]`` on CPU."""
+    """A frozen CLIP in eval mode: PIL images / texts -> L2-normalised float32 rows on CPU.
+
+    Images are ``[B, dim]`` (the CLIP width); texts ``[B, text_dim]``: ``dim`` again through the CLIP
+    text tower, the sentence encoder's width when ``text_encoder`` is given (``encoders.text``).
+    """
 
     def __init__(
         self, model: nn.Module, tokenize: Tokenize, preprocess: Callable[[Image.Image], Tensor],
         spec_key: str, config: ClipEncoderConfig, device: str | torch.device = "cpu",
+        text_encoder: SentenceEncoder | None = None,
     ):  # fmt: skip
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
@@ -433,7 +474,9 @@ class ClipEncoder:
         self.preprocess = preprocess
         self.spec_key = spec_key
         self.config = config
-        self.dim = int(self.encode_texts([""]).shape[-1])
+        self.text_encoder = text_encoder
+        self.dim = int(self.encode_clip_texts([""]).shape[-1])
+        self.text_dim = text_encoder.dim if text_encoder is not None else self.dim
 
     def image_tensor(self, images: Sequence[Image.Image]) -> Tensor:
         """``[B, 3, S, S]`` preprocessed (open_clip's val transform)."""
@@ -447,10 +490,17 @@ class ClipEncoder:
         return out.float().cpu()
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> Tensor:
-        """Texts -> ``[B, dim]``."""
+    def encode_clip_texts(self, texts: Sequence[str]) -> Tensor:
+        """Texts -> ``[B, dim]`` through the CLIP text tower, whatever ``encoders.text`` says."""
         tokens = self.tokenize(list(texts)).to(self.device)
         return encode_text(self.model, tokens, normalize=True).float().cpu()
+
+    def encode_texts(self, texts: Sequence[str]) -> Tensor:
+        """Texts -> ``[B, text_dim]``: the caption embedding of the feature cache (the sentence
+        encoder when one is configured, else the CLIP text tower)."""
+        if self.text_encoder is not None:
+            return self.text_encoder.encode(list(texts))
+        return self.encode_clip_texts(texts)
 
 
 PIPELINE_CLIP_CONFIG = Path("models/clip/clip_config.json")  # written by stage pretrain_clip
@@ -497,5 +547,14 @@ def load_clip(
             identity.update(init="weights", weights_sha256=file_sha256(cfg.weights))
         else:
             identity.update(init="random")
+    text_encoder = load_sentence_encoder(cfg.text_encoder, device) if cfg.text_encoder else None
+    if text_encoder is not None:
+        identity["text_encoder"] = text_encoder.identity
     preprocess = eval_transform(model, cfg.image_size)
-    return ClipEncoder(model, tokenize, preprocess, make_spec_key(cfg, identity), cfg, device)
+    return ClipEncoder(model, tokenize, preprocess, make_spec_key(cfg, identity), cfg, device, text_encoder)
+
+
+def with_text_encoder(cfg: ClipEncoderConfig, text: SentenceEncoderConfig) -> ClipEncoderConfig:
+    """``cfg`` with ``encoders.text`` in it when that names a sentence encoder; else ``cfg`` as it is
+    (its captions keep the CLIP text tower)."""
+    return cfg.model_copy(update={"text_encoder": text}) if text.enabled else cfg

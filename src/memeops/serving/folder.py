@@ -8,7 +8,9 @@ therefore carries its own input encoder next to the trained head::
       memeops_model.json   format, head model name + config, task specs, input-encoder section
       head.safetensors     the trained head's weights (strictly loaded into build_model(...))
       encoder/             the input encoder's files; for "clip_features":
-        clip.safetensors, tokenizer.json (corpus tokenizer), clip_config.json (relative paths)
+        clip.safetensors, tokenizer.json (corpus tokenizer), clip_config.json (relative paths),
+        text_encoder/ (only with ``encoders.text`` kind path: the sentence encoder's folder; kind
+        package names the installed package instead, which must be installed where it is served)
 
 An input encoder (:class:`InputEncoder`) turns decoded PIL images + texts into the batch dict its
 head takes; ``memeops_model.json`` names which one a folder uses (``inputs.kind``). MGMCF's lives
@@ -29,6 +31,7 @@ from typing import Any, ClassVar, Protocol
 from PIL import Image
 from torch import Tensor
 
+from memeops.config.encoders import SentenceEncoderConfig
 from memeops.models.base import TaskSpec
 from memeops.models.clip import ClipEncoder, ClipEncoderConfig, load_clip
 from memeops.serving.inputs import INPUT_COLUMNS
@@ -141,6 +144,7 @@ class ClipFeatureInputs:
     kind: ClassVar[str] = "clip_features"
     CONFIG_FILE: ClassVar[str] = "clip_config.json"
     TOKENIZER_FILE: ClassVar[str] = "tokenizer.json"
+    TEXT_ENCODER_DIR: ClassVar[str] = "text_encoder"
 
     def __init__(self, encoder: ClipEncoder):
         self.encoder = encoder
@@ -165,19 +169,35 @@ class ClipFeatureInputs:
             tokenizer = _locate(weights.parent, cfg.tokenizer_path, cls.TOKENIZER_FILE)
             tokenizer_name = cls.TOKENIZER_FILE
             shutil.copyfile(tokenizer, dest / tokenizer_name)
-        packed = cfg.model_copy(
-            update={"weights": weights_name, "tokenizer_path": tokenizer_name, "cache_dir": None}
-        )
+        update: dict[str, Any] = {"weights": weights_name, "tokenizer_path": tokenizer_name, "cache_dir": None}
+        if cfg.text_encoder is not None and cfg.text_encoder.kind == "path":
+            update["text_encoder"] = cls._pack_text_folder(cfg.text_encoder, source, dest)
+        packed = cfg.model_copy(update=update)
         (dest / cls.CONFIG_FILE).write_text(packed.model_dump_json(indent=2), encoding="utf-8")
         encoder = cls._load_encoder(dest, "cpu")
-        return {"kind": cls.kind, "spec_key": encoder.spec_key, "dim": encoder.dim}
+        text_dim = {"text_dim": encoder.text_dim} if encoder.text_dim != encoder.dim else {}
+        return {"kind": cls.kind, "spec_key": encoder.spec_key, "dim": encoder.dim, **text_dim}
+
+    @classmethod
+    def _pack_text_folder(cls, text: SentenceEncoderConfig, source: Path, dest: Path) -> SentenceEncoderConfig:
+        """Copy a user-supplied sentence encoder folder into the model folder (self-contained, and the
+        spec key hashes content, so the copy keys the same features); its path becomes relative.
+        A relative path is the project's (cwd), or the source folder's when that is a packed one."""
+        folder = Path(str(text.path))
+        if not folder.is_absolute() and (source / folder).is_dir():
+            folder = source / folder
+        shutil.copytree(folder, dest / cls.TEXT_ENCODER_DIR)
+        return text.model_copy(update={"path": cls.TEXT_ENCODER_DIR})
 
     @classmethod
     def _load_encoder(cls, folder: Path, device: str) -> ClipEncoder:
         cfg = ClipEncoderConfig.model_validate_json((folder / cls.CONFIG_FILE).read_text(encoding="utf-8"))
-        paths = {"weights": str(folder / (cfg.weights or "clip.safetensors"))}
+        paths: dict[str, Any] = {"weights": str(folder / (cfg.weights or "clip.safetensors"))}
         if cfg.tokenizer_path:
             paths["tokenizer_path"] = str(folder / cfg.tokenizer_path)
+        text = cfg.text_encoder
+        if text is not None and text.path and not Path(text.path).is_absolute():
+            paths["text_encoder"] = text.model_copy(update={"path": str(folder / text.path)})
         return load_clip(cfg.model_copy(update=paths), device=device)
 
     @classmethod

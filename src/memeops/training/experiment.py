@@ -31,11 +31,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from memeops.config import ConfigError
 from memeops.config.data import SPLITS
+from memeops.config.params import one_line
 from memeops.config.train import TrainStageConfig, VariantConfig
 from memeops.data.features import FeatureDataset, FeatureStore
 from memeops.data.taxonomy import label_column, load_taxonomy
@@ -150,7 +151,8 @@ class FeatureInputs:
         self.memes, self.store, self.specs, self.dim = memes, store, list(specs), feature_dim
 
     def model_dims(self) -> dict[str, Any]:
-        return {"image_dim": self.dim, "text_dim": self.dim}
+        """The image width, and the text width the cache holds (a sentence encoder's with ``encoders.text``)."""
+        return {"image_dim": self.dim, "text_dim": self.store.text_dim}
 
     def dataset(self, split: str, train: bool = False, generator: Any = None) -> FeatureDataset:
         return FeatureDataset(self.memes, self.store, self.specs, split, train=train, generator=generator)
@@ -166,9 +168,16 @@ def variant_specs(variant: str, memes: pd.DataFrame, cfg: TrainStageConfig) -> t
 
 
 def variant_model_config(variant: str, cfg: TrainStageConfig, dims: Mapping[str, Any]) -> BaseModel:
-    """The variant's model config: the data-fixed fields from its inputs, then ``config``."""
+    """The variant's model config: the data-fixed fields from its inputs, then ``config``.
+
+    A config the inputs rule out (``average`` or GatedCLIP without projections when the text width
+    differs from the image width, as with a sentence encoder in ``encoders.text``) is a one-line
+    :class:`ConfigError` naming the variant, raised before anything trains."""
     spec_cfg = cfg.variant(variant)
-    return model_config_class(spec_cfg.model).model_validate({**dims, **spec_cfg.config})
+    try:
+        return model_config_class(spec_cfg.model).model_validate({**dims, **spec_cfg.config})
+    except ValidationError as exc:
+        raise ConfigError(f"train.variants.{variant} (model {spec_cfg.model}): {one_line(exc)}") from None
 
 
 def train_variant(
