@@ -1,6 +1,7 @@
 """Consolidation: every bad input ends in quarantine with its reason; counts reconcile; leakage policy.
 
-Fixtures are written in the Hateful Memes layout (jsonl + img/) into tmp_path by the tests.
+Fixtures are written in the Hateful Memes layout (jsonl + img/) into tmp_path by the tests, and a
+Memotion ``labels.csv`` where a source without an official split is needed.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from memeops.config import ConsolidateConfig, LeakageConfig, SourceConfig, SplitFractions
+from memeops.config import ConsolidateConfig, LeakageConfig, SourceConfig, SplitFractions, ValidateConfig
+from memeops.config.data import LEAKAGE_POLICIES
 from memeops.data.consolidate import (
     _Pending,
     assign_splits,
@@ -25,8 +28,11 @@ from memeops.data.consolidate import (
     read_memes,
     write_outputs,
 )
+from memeops.data.leakage import POLICY_RULES, Leak, leakage_markdown, leakage_report
 from memeops.data.records import RawMeme, SourceError
 from memeops.data.taxonomy import load_taxonomy
+from memeops.data.validate import LEAK_RULES, validate_memes
+from memeops.data.validation_report import failure_message
 
 TAX = load_taxonomy()
 
@@ -95,8 +101,11 @@ def bad_source(tmp_path: Path) -> Path:
     return root
 
 
+DROP_LATER = LeakageConfig(policy="drop_later")
+
+
 def test_bad_inputs_are_quarantined_with_reasons(bad_source: Path, tmp_path: Path) -> None:
-    result = consolidate(_cfg("hm", max_text_chars=4000), TAX, tmp_path)
+    result = consolidate(_cfg("hm", max_text_chars=4000, leakage=DROP_LATER), TAX, tmp_path)
     counts = result.counts["hm"]
     assert counts.read == 18
     assert counts.read == counts.kept + counts.quarantined
@@ -121,7 +130,7 @@ def test_bad_inputs_are_quarantined_with_reasons(bad_source: Path, tmp_path: Pat
 
 
 def test_outputs_and_datasheet_reconcile(bad_source: Path, tmp_path: Path) -> None:
-    result = consolidate(_cfg("hm"), TAX, tmp_path)
+    result = consolidate(_cfg("hm", leakage=DROP_LATER), TAX, tmp_path)
     sheet = build_datasheet(result, TAX)
     write_outputs(result, sheet, tmp_path / "out", tmp_path / "reports")
     memes = read_memes(tmp_path / "out" / "memes.parquet")
@@ -154,6 +163,106 @@ def test_flag_policy_keeps_and_flags_leaks(tmp_path: Path) -> None:
     dropped = consolidate(_cfg("hm", leakage=LeakageConfig(policy="drop_later")), TAX, tmp_path)
     assert "2" not in set(dropped.memes["native_id"])
     assert dropped.counts["hm"].quarantined == 1
+
+
+MEMOTION_HEADER = ",image_name,text_ocr,text_corrected,humour,sarcasm,offensive,motivational,overall_sentiment"
+
+
+@pytest.fixture
+def leaky_sources(tmp_path: Path) -> Path:
+    """Two sources sharing one picture. ``hm`` (official splits): train meme 1, its exact copy in the
+    official test split (meme 6) and a clean test meme 5. ``memo`` (Memotion labels.csv, no official
+    split): m1.png, a copy of the same picture, and a distinct m2.png."""
+    hm = tmp_path / "hm"
+    picture = _png(hm / "img" / "00001.png", seed=1)
+    (hm / "img" / "00006.png").write_bytes(picture)
+    _png(hm / "img" / "00005.png", seed=5)
+    _write_jsonl(hm / "train.jsonl", [{"id": 1, "img": "img/00001.png", "label": 0, "text": "train meme"}])
+    _write_jsonl(hm / "test_seen.jsonl", [{"id": 5, "img": "img/00005.png", "label": 0, "text": "clean test meme"},
+                                          {"id": 6, "img": "img/00006.png", "label": 1, "text": "leaked test meme"}])
+    memo = tmp_path / "memo"
+    (memo / "images").mkdir(parents=True)
+    (memo / "images" / "m1.png").write_bytes(picture)
+    _png(memo / "images" / "m2.png", seed=2)
+    rows = [f"{i},m{i}.png,text {i},text {i},funny,general,slight,motivational,positive" for i in (1, 2)]
+    (memo / "labels.csv").write_text("\n".join([MEMOTION_HEADER, *rows]) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def _leaky_cfg(**kw) -> ConsolidateConfig:
+    """Both sources; every assigned meme goes to test, so memo:m1.png is a later-split duplicate of hm:1."""
+    sources = [SourceConfig(name="hm", format="hateful_memes", path="hm"),
+               SourceConfig(name="memo", format="memotion", path="memo")]
+    return ConsolidateConfig(sources=sources, workers=1, split=SplitFractions(train=0.0, val=0.0, test=1.0), **kw)
+
+
+def test_auto_policy_flags_official_duplicates_and_drops_assigned_ones(leaky_sources: Path, tmp_path: Path) -> None:
+    cfg = _leaky_cfg()
+    assert cfg.leakage.policy == "auto"  # the default
+    result = consolidate(cfg, TAX, leaky_sources)
+    memes = result.memes.set_index("meme_id")
+    # the official test split stays whole: its duplicate is kept and flagged
+    assert set(memes.index) == {"hm:1", "hm:5", "hm:6", "memo:m2.png"}
+    flagged = memes.loc["hm:6", ["split", "split_origin", "leak_of", "leak_kind"]].tolist()
+    assert flagged == ["test", "official", "hm:1", "exact"]
+    assert pd.isna(memes.loc["hm:5", "leak_of"]) and memes.loc["memo:m2.png", "split_origin"] == "assigned"
+    # the split memeops assigned loses its duplicate, to the quarantine with the reason
+    (dropped,) = result.quarantine
+    assert dropped.source == "memo" and dropped.native_id == "m1.png" and dropped.field == "image"
+    assert dropped.reason == "leakage: exact duplicate of hm:1 in earlier split 'train' (policy auto, assigned split)"
+    for c in result.counts.values():
+        assert c.read == c.kept + c.quarantined
+    assert (result.counts["hm"].kept, result.counts["memo"].kept, result.counts["memo"].quarantined) == (3, 1, 1)
+
+    sheet = build_datasheet(result, TAX)
+    leak = sheet["leakage"]
+    assert (leak["policy"], leak["exact"], leak["flagged"], leak["dropped"]) == ("auto", 2, 1, 1)
+    assert leak["by_split"] == {"test": {"flagged": 1, "dropped": 1}}
+    assert leak["groups_total"] == 1
+    assert leak["groups"] == [{"meme_id": "hm:1", "split": "train", "duplicates": [
+        {"meme_id": "hm:6", "split": "test", "kind": "exact", "action": "flagged"},
+        {"meme_id": "memo:m1.png", "split": "test", "kind": "exact", "action": "dropped"}]}]
+    write_outputs(result, sheet, tmp_path / "out", tmp_path / "reports")
+    md = (tmp_path / "reports" / "datasheet.md").read_text(encoding="utf-8")
+    assert "| test | 1 | 1 |" in md
+    assert "| hm:1 | train | hm:6 (test, exact, flagged); memo:m1.png (test, exact, dropped) |" in md
+    assert json.loads((tmp_path / "reports" / "datasheet.json").read_text())["leakage"]["groups"] == leak["groups"]
+
+    # validate accepts the table under auto (a flagged duplicate in an official split), not under drop_later
+    table = read_memes(tmp_path / "out" / "memes.parquet")
+    report = validate_memes(table, ValidateConfig(min_class_count=0), "auto", TAX)
+    assert report.success, failure_message(report)
+    assert not validate_memes(table, ValidateConfig(min_class_count=0), "drop_later", TAX).success
+
+
+def test_flag_and_drop_later_policies_on_the_same_sources(leaky_sources: Path) -> None:
+    flagged = consolidate(_leaky_cfg(leakage=LeakageConfig(policy="flag")), TAX, leaky_sources)
+    assert flagged.memes.set_index("meme_id").loc[["hm:6", "memo:m1.png"], "leak_of"].tolist() == ["hm:1", "hm:1"]
+    assert flagged.leakage["by_split"] == {"test": {"flagged": 2, "dropped": 0}} and not flagged.quarantine
+    dropped = consolidate(_leaky_cfg(leakage=DROP_LATER), TAX, leaky_sources)
+    assert {q.native_id for q in dropped.quarantine} == {"6", "m1.png"} and dropped.memes["leak_of"].isna().all()
+    assert dropped.leakage["by_split"] == {"test": {"flagged": 0, "dropped": 2}}
+    assert all("(policy drop_later)" in q.reason for q in dropped.quarantine)
+
+
+def test_datasheet_lists_a_bounded_number_of_leakage_groups() -> None:
+    leaks = [Leak(f"s:t{i:03d}", "test", f"s:{i:03d}", "train", "near", "flagged") for i in range(60)]
+    leaks.append(Leak("s:v000", "val", "s:000", "train", "exact", "dropped"))
+    block = leakage_report("auto", 4, leaks)
+    assert block["groups_total"] == 60 and len(block["groups"]) == 60 and len(block["examples"]) == 20
+    assert [d["meme_id"] for d in block["groups"][0]["duplicates"]] == ["s:v000", "s:t000"]  # split order
+    assert block["by_split"] == {"val": {"flagged": 0, "dropped": 1}, "test": {"flagged": 60, "dropped": 0}}
+    md = "\n".join(leakage_markdown(block, 0))
+    assert "Leakage groups (an earlier meme and its later-split duplicates): 60; the first 50 below" in md
+    assert "| s:049 | train |" in md and "| s:050 | train |" not in md
+    quiet = "\n".join(leakage_markdown(leakage_report("auto", 4, []), 0))
+    assert "| earlier meme |" not in quiet and "Policy `auto`" in quiet
+
+
+def test_every_policy_has_a_rule_in_consolidate_and_validate() -> None:
+    assert set(LEAKAGE_POLICIES) == set(POLICY_RULES) == set(LEAK_RULES) == {"auto", "drop_later", "flag"}
+    with pytest.raises(ValueError):
+        LeakageConfig(policy="keep")
 
 
 def test_assigned_splits_are_seeded_and_stratified() -> None:

@@ -211,6 +211,20 @@ def test_unflagged_duplicate_under_flag():
     assert not run(df, "drop_later").success  # flagging is not dropping
 
 
+def test_auto_allows_only_flagged_duplicates_in_official_splits():
+    df = make_frame()
+    df.loc[20, "image_sha256"] = df.loc[0, "image_sha256"]
+    assert_fails(run(df, "auto"), "image_sha256.cross_split", "'s:20 (test) ~ s:0 (train)'")  # not flagged
+    df.loc[20, ["leak_of", "leak_kind"]] = ["s:0", "exact"]
+    report = run(df, "auto")
+    assert report.success, failure_message(report)
+    assert report.summary["leakage_policy"] == "auto"
+    assert "later-split duplicates only in official splits" in result(report, "image_sha256.cross_split").name
+    df.loc[20, "split_origin"] = "assigned"  # auto drops an assigned split's duplicates: one left is an error
+    assert_fails(run(df, "auto"), "image_sha256.cross_split", "'s:20 (test) ~ s:0 (train)'")
+    assert run(df, "flag").success  # flag keeps every flagged duplicate, whatever the split's origin
+
+
 def test_missing_column_and_empty_table():
     df = make_frame().drop(columns=["language"])
     msg = assert_fails(run(df), "table.columns", "'language'")

@@ -29,9 +29,10 @@ from memeops.evaluation.evaluate import (
     headline_metrics,
     primary_metric,
 )
+from memeops.evaluation.leakage_subset import EvalSplit, evaluation_splits
 from memeops.evaluation.metrics import Predictions, fast_binary_auroc, task_metrics
 from memeops.models.base import IGNORE_INDEX, TaskSpec
-from memeops.reporting.evaluation import markdown_report, plot_reliability
+from memeops.reporting.evaluation import LEAKAGE_NOTE, markdown_report, plot_reliability
 from memeops.tracking.promotion import log_eval_predictions
 from memeops.tracking.registry import registered_model_name
 from memeops.tracking.runs import tracked_run
@@ -354,6 +355,65 @@ def test_partial_coverage_is_noted_and_config_is_checked() -> None:
         EvaluateConfig(bogus=1)
 
 
+FLAGGED = IDS[::10]  # 12 test memes whose image duplicates an earlier-split meme
+
+
+def _leaky_memes(flagged: list[str] = FLAGGED) -> pd.DataFrame:
+    """:func:`_memes` with ``leak_of`` as consolidation's ``auto`` policy leaves it: set on official
+    test memes that duplicate an earlier-split meme, null elsewhere."""
+    memes = _memes()
+    memes["leak_of"] = [("synthmeme:v0000" if mid in flagged else None) for mid in memes["meme_id"]]
+    return memes
+
+
+def test_clean_subset_is_planned_only_for_splits_with_flagged_memes() -> None:
+    from memeops.evaluation.evaluate import meme_attributes
+
+    splits = ["test", "test_unseen"]
+    plain = [EvalSplit("test", "test"), EvalSplit("test_unseen", "test_unseen")]
+    assert evaluation_splits(meme_attributes(_memes()), splits) == plain  # no leak_of column
+    assert evaluation_splits(meme_attributes(_leaky_memes([])), splits) == plain  # nothing flagged
+    assert evaluation_splits(meme_attributes(_leaky_memes()), splits) == [
+        EvalSplit("test", "test"), EvalSplit("test_clean", "test", clean=True), EvalSplit("test_unseen", "test_unseen")]
+    assert evaluation_splits(meme_attributes(_leaky_memes(IDS)), splits) == plain  # all flagged: no clean meme
+
+
+def test_flagged_memes_give_the_official_split_and_its_clean_subset() -> None:
+    variant = _variant()
+    _register(variant, {"test": IDS, "test_unseen": UNSEEN}, skill=2.0)
+    report, curves = evaluate_variants([variant], _leaky_memes(), CFG)
+    entry = report["variants"][variant]["versions"]["challenger"]
+    assert list(entry["splits"]) == ["test", "test_clean", "test_unseen"]
+    official, clean = entry["splits"]["test"], entry["splits"]["test_clean"]
+    assert official["n_memes"] == N and official["leakage"] == {"flagged": 12, "clean_split": "test_clean"}
+    assert any("12 of the 120 test memes duplicate" in n for n in official["notes"])
+    assert clean["n_memes"] == N - 12 and clean["leakage"] == {"subset_of": "test", "flagged_left_out": 12}
+    assert any("leakage-clean subset of test: its 108 of 120" in n for n in clean["notes"])
+    assert not any("cover" in n for n in clean["notes"])  # every clean test meme is predicted
+    # the clean figures are the metrics of the subset computed directly
+    preds = _predictions(IDS, 2.0, seed=0)
+    keep = np.array([mid not in FLAGGED for mid in IDS])
+    direct = task_metrics(preds.probs["hateful"][keep], preds.targets["hateful"][keep], HATEFUL)
+    for key, value in direct.items():
+        assert clean["overall"]["hateful"][key] == pytest.approx(value, abs=1e-6), key
+    assert clean["overall"]["hateful"]["auroc"] != official["overall"]["hateful"]["auroc"]
+    assert "leakage" not in entry["splits"]["test_unseen"]  # no flagged meme there: as before
+    head = headline_metrics(report)[variant]["challenger"]
+    assert set(head) == {"test", "test_clean", "test_unseen"} and head["test_clean"]["n_memes"] == N - 12
+    assert any(k.endswith("· test_clean") for k in curves[variant])
+    md = markdown_report(report)
+    assert f"| {variant} | challenger | v{entry['version']} | test_clean | {N - 12} |" in md and LEAKAGE_NOTE in md
+
+
+def test_without_flagged_memes_the_report_is_unchanged() -> None:
+    variant = _variant()
+    _register(variant, {"test": IDS, "test_unseen": UNSEEN})
+    before, _ = evaluate_variants([variant], _memes(), CFG)  # a table without leak_of
+    after, _ = evaluate_variants([variant], _leaky_memes([]), CFG)  # leak_of present, all null
+    assert json.dumps(after, sort_keys=False) == json.dumps(before, sort_keys=False)
+    assert LEAKAGE_NOTE not in markdown_report(after)
+
+
 def test_reliability_png_is_written(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     conf = rng.uniform(0.5, 1.0, 300)
@@ -438,3 +498,11 @@ def test_a_version_trained_over_seeds_is_also_summarised_over_its_seeds() -> Non
     assert entry["splits"]["test"]["overall"]["hateful"]["auroc"] == pytest.approx(per_seed[1], abs=1e-6)
     md = markdown_report(report)
     assert "(3 seeds)" in md
+    # with flagged test memes, the seeds are summarised on the leakage-clean subset too
+    leaky, _ = evaluate_variants([variant], _leaky_memes(), CFG.model_copy(update={"splits": ["test"]}))
+    clean = leaky["variants"][variant]["versions"]["challenger"]["seeds"]["test_clean"]
+    keep = np.array([mid not in FLAGGED for mid in IDS])
+    per_seed_clean = [task_metrics(p.probs["hateful"][keep], p.targets["hateful"][keep], HATEFUL)["auroc"]
+                      for p in (_predictions(IDS, k, seed=s) for s, k in ((0, 1.0), (1, 2.0), (2, 3.0)))]  # fmt: skip
+    assert clean["status"] == "ok"
+    assert clean["metrics"]["hateful/auroc"]["per_seed"] == pytest.approx(per_seed_clean, abs=1e-6)

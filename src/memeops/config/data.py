@@ -6,12 +6,12 @@ Pydantic only (no torch): the data stages and the loaders import these without t
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SPLITS: tuple[str, ...] = ("train", "val", "val_unseen", "test", "test_unseen")
-"""Known split names, in 'earlier to later' order (the leakage policy drops from the later split)."""
+"""Known split names, in 'earlier to later' order (the leakage policy acts on the later split)."""
 
 
 class _Strict(BaseModel):
@@ -87,8 +87,22 @@ class SourceConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+LeakagePolicy = Literal["auto", "drop_later", "flag"]
+LEAKAGE_POLICIES: tuple[str, ...] = get_args(LeakagePolicy)
+"""What stage consolidate does with a meme whose image duplicates one in an earlier split."""
+
+
 class LeakageConfig(_Strict):
-    policy: Literal["drop_later", "flag"] = "drop_later"
+    """Cross-split duplicates (exact sha256 or near pHash) of a meme in an earlier split.
+
+    ``auto`` (default): a duplicate in an OFFICIAL split is kept there and flagged (``leak_of``,
+    ``leak_kind``), because every paper reports the official test set (RA-HMD on Harm-C, ...) and
+    dropping memes from it makes the numbers incomparable; a duplicate in a split memeops assigned
+    (seeded, stratified) is dropped to the quarantine, since that split is ours to make clean.
+    ``drop_later``: every later-split duplicate is dropped; ``flag``: every one is kept and flagged.
+    """
+
+    policy: LeakagePolicy = "auto"
     phash_max_distance: int = Field(4, ge=0, le=32, description="Hamming distance on the 64-bit pHash")
 
 

@@ -7,7 +7,8 @@ Order of work, each step able to quarantine a row (never drop it silently):
 4. OCR texts (stage ``ocr``) for sources whose ``ocr`` is ``missing`` or ``all``: a meme the OCR
    table lacks, or whose image changed since, is quarantined with the reason;
 5. a seeded, stratified split for rows without an official split;
-6. leakage across splits (exact sha256 and near pHash), per the configured policy.
+6. leakage across splits (exact sha256 and near pHash), per the configured policy (default ``auto``:
+   official splits keep their memes, flagged; assigned splits drop theirs: :mod:`memeops.data.leakage`).
 The datasheet reconciles ``read = kept + quarantined`` per source and raises if it does not.
 """
 
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 from memeops.config import SPLITS, ConsolidateConfig, SourceConfig, SplitFractions
 from memeops.data.images import ImageInfo, ImageRejected, hamming_matrix, inspect_image
+from memeops.data.leakage import FLAGGED, Leak, leak_action, leakage_markdown, leakage_report
 from memeops.data.loaders import get_loader
 from memeops.data.ocr import read_texts
 from memeops.data.records import Quarantined, RawMeme, SourceError
@@ -289,24 +291,27 @@ def find_leaks(rows: list[_Pending], max_distance: int) -> list[tuple[_Pending, 
 
 
 def _apply_leak_policy(rows: list[_Pending], cfg: ConsolidateConfig) -> tuple[list[_Pending], list[Quarantined], dict[str, Any]]:
-    leaks = find_leaks(rows, cfg.leakage.phash_max_distance)
-    kinds = Counter(kind for _, _, kind in leaks)
-    pairs = Counter(f"{earlier.raw.split}->{later.raw.split}" for later, earlier, _ in leaks)
-    report = {"policy": cfg.leakage.policy, "phash_max_distance": cfg.leakage.phash_max_distance,
-              "exact": kinds.get("exact", 0), "near": kinds.get("near", 0), "by_split_pair": dict(sorted(pairs.items())),
-              "examples": [{"meme_id": l.meme_id, "duplicate_of": e.meme_id, "kind": k} for l, e, k in leaks[:20]]}
-    if cfg.leakage.policy == "flag":
-        for later, earlier, kind in leaks:
-            later.leak_of, later.leak_kind = earlier.meme_id, kind
-        return rows, [], report
-    dropped = {later.meme_id: (earlier, kind) for later, earlier, kind in leaks}
+    """Flag or drop each later-split duplicate as :func:`memeops.data.leakage.leak_action` says
+    (per row: under ``auto`` an official split keeps its memes, an assigned one loses them)."""
+    policy = cfg.leakage.policy
+    found = find_leaks(rows, cfg.leakage.phash_max_distance)
+    leaks = [Leak(later.meme_id, later.raw.split, earlier.meme_id, earlier.raw.split, kind,
+                  leak_action(policy, later.split_origin)) for later, earlier, kind in found]  # fmt: skip
+    dropped: dict[str, Leak] = {}
+    for (later, _, _), leak in zip(found, leaks):
+        if leak.action == FLAGGED:
+            later.leak_of, later.leak_kind = leak.duplicate_of, leak.kind
+        else:
+            dropped[later.meme_id] = leak
     kept = [r for r in rows if r.meme_id not in dropped]
-    bad = [
-        _quarantine(r, "image", f"leakage: {dropped[r.meme_id][1]} duplicate of {dropped[r.meme_id][0].meme_id} "
-                    f"in earlier split {dropped[r.meme_id][0].raw.split!r} (policy drop_later)", r.raw.image)
-        for r in rows if r.meme_id in dropped
-    ]
-    return kept, bad, report
+    bad = [_quarantine(r, "image", _leak_reason(dropped[r.meme_id], policy, r.split_origin), r.raw.image)
+           for r in rows if r.meme_id in dropped]  # fmt: skip
+    return kept, bad, leakage_report(policy, cfg.leakage.phash_max_distance, leaks)
+
+
+def _leak_reason(leak: Leak, policy: str, split_origin: str) -> str:
+    why = f"policy {policy}" + (f", {split_origin} split" if policy == "auto" else "")
+    return f"leakage: {leak.kind} duplicate of {leak.duplicate_of} in earlier split {leak.duplicate_split!r} ({why})"
 
 
 def _dumps(value: Any) -> str:
@@ -444,10 +449,7 @@ def datasheet_markdown(sheet: dict[str, Any]) -> str:
         lines += ["", "Texts from stage ocr: " + "; ".join(
             f"{name} (ocr: {c['ocr']}): {c['text_from_ocr']} filled, {c['ocr_empty']} read nothing"
             for name, c in ocr_sources.items()) + "."]
-    lines += ["", "## Leakage across splits", "",
-              f"Policy `{sheet['leakage']['policy']}`; exact duplicates {sheet['leakage']['exact']}, "
-              f"near duplicates (pHash distance <= {sheet['leakage']['phash_max_distance']}) {sheet['leakage']['near']}; "
-              f"exact duplicates within a split: {sheet['within_split_exact_duplicates']}.", "",
+    lines += ["", *leakage_markdown(sheet["leakage"], sheet["within_split_exact_duplicates"]),
               "## Labels per task and split", ""]
     for task, per_split in sheet["tasks"].items():
         missing = per_split.get("missing", {}).get("count", 0)

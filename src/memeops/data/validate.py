@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from memeops.config import SPLITS, ValidateConfig
+from memeops.config.data import LEAKAGE_POLICIES
 from memeops.data.schema import arrow_schema
 from memeops.data.taxonomy import Taxonomy, label_column, load_taxonomy
 from memeops.data.validation_report import ExpectationOutcome, ValidationReport
@@ -41,7 +42,13 @@ from memeops.data.validation_report import ExpectationOutcome, ValidationReport
 if TYPE_CHECKING:  # pragma: no cover
     from great_expectations import ExpectationSuite
 
-LEAKAGE_POLICIES = ("drop_later", "flag")
+# What each policy lets through: a later-split duplicate never (drop_later), only flagged (flag),
+# only flagged and in an official split (auto: an assigned split's duplicates were dropped).
+LEAK_RULES = {
+    "auto": "later-split duplicates only in official splits, flagged with leak_of",
+    "drop_later": "no image shared by two splits",
+    "flag": "later-split duplicates flagged with leak_of",
+}
 SHA256_REGEX = r"^[0-9a-f]{64}$"
 PHASH_REGEX = r"^[0-9a-f]{16}$"
 EMPTY_TEXT_REGEX = r"^\s*$"
@@ -165,10 +172,7 @@ def build_suite(taxonomy: Taxonomy, cfg: ValidateConfig, leakage_policy: str) ->
                     description=f"{col} values in {_set(task.labels)}", **meta(f"{col}.in_set", True),
                 )
             )
-    rule = (
-        "no image shared by two splits" if leakage_policy == "drop_later"
-        else "later-split duplicates flagged with leak_of"
-    )
+    rule = LEAK_RULES[leakage_policy]
     for col in ("image_sha256", "image_phash"):
         memes.append(
             gxe.ExpectColumnValuesToBeNull(
@@ -276,7 +280,8 @@ def _memes_frame(df: pd.DataFrame, leakage_policy: str) -> pd.DataFrame:
 
 def cross_split_violations(df: pd.DataFrame, column: str, leakage_policy: str) -> pd.Series:
     """Per row: a description when it is a later-split row sharing ``column`` with an earlier split
-    and the policy does not allow it (drop_later: always; flag: when ``leak_of`` is null), else null.
+    and the policy does not allow it (drop_later: always; flag: when ``leak_of`` is null; auto: when
+    ``leak_of`` is null or the row's split is not official), else null.
     """
     out = pd.Series([None] * len(df), index=df.index, dtype=object)
     if column not in df.columns or "split" not in df.columns or len(df) == 0:
@@ -293,14 +298,23 @@ def cross_split_violations(df: pd.DataFrame, column: str, leakage_policy: str) -
     first = work.groupby("key", sort=False).first()
     earliest_rank = work["key"].map(first["rank"])
     later = work[work["rank"] > earliest_rank]
-    if leakage_policy == "flag":
-        leak_of = df["leak_of"] if "leak_of" in df.columns else pd.Series([None] * len(df), index=df.index)
-        later = later[leak_of.loc[later.index].isna()]
+    if leakage_policy in ("flag", "auto"):
+        later = later[~_allowed_duplicate(df, leakage_policy).loc[later.index]]
     for idx, row in later.iterrows():
         ref = first.loc[row["key"]]
         here = f"{_name(row['meme_id'], idx)} ({row['split']})"
         out.at[idx] = f"{here} ~ {_name(ref['meme_id'], None)} ({ref['split']})"
     return out
+
+
+def _allowed_duplicate(df: pd.DataFrame, leakage_policy: str) -> pd.Series:
+    """Rows whose later-split duplicate the policy keeps: flagged (``leak_of`` set), and under
+    ``auto`` also in an official split (an assigned split's duplicates should have been dropped)."""
+    nulls = pd.Series([None] * len(df), index=df.index, dtype=object)
+    allowed = df.get("leak_of", nulls).notna()
+    if leakage_policy == "auto":
+        allowed &= df.get("split_origin", nulls) == "official"
+    return allowed
 
 
 def _name(meme_id: Any, index: Any) -> str:

@@ -30,6 +30,11 @@ without the predictions artifact (a version that predates the logging: retrain i
 whose memes are missing from the meme table, or sit in another split there, are refused with one
 line (:class:`EvaluationError`): the table changed since the run, so its numbers would be wrong.
 
+A split of the meme table with memes flagged as duplicates of an earlier-split meme (``leak_of``,
+kept in an official split by ``data.leakage.policy: auto``) is reported twice: as is (comparable
+with published numbers) and as ``<split>_clean`` without them (:mod:`memeops.evaluation.leakage_subset`);
+a split without flagged memes is reported once, exactly as before.
+
 Output (:func:`evaluate_variants`): one JSON-able dict, ``variants -> <variant> -> versions ->
 <alias> -> splits -> <split> -> {overall, summary, by_source, by_language, by_style, ece, notes}``;
 :func:`memeops.reporting.evaluation.markdown_report` renders it, :func:`headline_metrics` flattens
@@ -55,6 +60,7 @@ from memeops.evaluation.calibration import (
     task_confidence,
 )
 from memeops import stats
+from memeops.evaluation import leakage_subset as subsets
 from memeops.evaluation.metrics import primary_metric, task_metrics
 from memeops.models.base import TaskSpec
 from memeops.stats import TaskArrays
@@ -107,9 +113,9 @@ class EvaluateConfig(BaseModel):
 
 
 def meme_attributes(memes: pd.DataFrame) -> pd.DataFrame:
-    """``meme_id``-indexed ``split, source, language, style`` of the consolidated meme table;
-    ``style`` is ``extra["style"]`` (a JSON column; SynthMeme's image background style), None
-    where a source has none."""
+    """``meme_id``-indexed ``split, source, language, style, leak_of`` of the consolidated meme
+    table; ``style`` is ``extra["style"]`` (a JSON column; SynthMeme's image background style), None
+    where a source has none; ``leak_of`` the earlier-split meme a flagged meme duplicates, else None."""
     import pandas as pd
 
     def style(extra: Any) -> str | None:
@@ -131,6 +137,7 @@ def meme_attributes(memes: pd.DataFrame) -> pd.DataFrame:
         "source": memes["source"].astype(str).to_numpy() if "source" in memes else "unknown",
         "language": memes["language"].astype(str).to_numpy() if "language" in memes else "unknown",
         "style": memes["extra"].map(style).to_numpy() if "extra" in memes else None,
+        subsets.LEAK_COLUMN: subsets.leak_values(memes),
     }, index=pd.Index(memes["meme_id"].astype(str), name="meme_id"))  # fmt: skip
     return out[~out.index.duplicated(keep="first")]
 
@@ -446,6 +453,35 @@ def seed_block(seed_runs: Sequence[tuple[int, str]], split: str, loader: Predict
             "metrics": {m: st.as_json() for m, st in summary.items()}}  # fmt: skip
 
 
+def evaluate_item(
+    frame: pd.DataFrame, attrs: pd.DataFrame, item: subsets.EvalSplit, cfg: EvaluateConfig, *,
+    what: str = "predictions",
+) -> SplitResult:  # fmt: skip
+    """:func:`evaluate_split` of one planned entry: the official split as is (with a note and a
+    ``leakage`` key when it holds flagged memes), or its leakage-clean subset (``item.clean``)."""
+    flagged = subsets.flagged_count(attrs, item.split)
+    if not item.clean:
+        result = evaluate_split(frame, attrs, item.split, cfg, what=what)
+        if flagged:
+            result.block["notes"].append(subsets.official_note(attrs, item.split))
+            result.block["leakage"] = {"flagged": flagged, "clean_split": subsets.clean_twin(attrs, item.split)}
+        return result
+    subset = subsets.clean_frame(frame, attrs)
+    if subset is None or not len(subset):
+        return SplitResult({"status": MISSING, "note": f"the predictions cover no leakage-clean {item.split} meme"})
+    result = evaluate_split(subset, subsets.clean_attributes(attrs), item.split, cfg, what=what)
+    result.block["notes"].append(subsets.clean_note(attrs, item.split))
+    result.block["leakage"] = {"subset_of": item.split, "flagged_left_out": flagged}
+    return result
+
+
+def _item_loader(loader: PredictionLoader, attrs: pd.DataFrame, item: subsets.EvalSplit) -> PredictionLoader:
+    """The loader of a planned entry: a clean subset's frames lose the flagged memes."""
+    if not item.clean:
+        return loader
+    return lambda run_id, split: subsets.clean_frame(loader(run_id, split), attrs)
+
+
 def evaluate_variant(
     variant: str, attrs: pd.DataFrame, cfg: EvaluateConfig, *, data_digest: str | None = None,
     client: Any | None = None, loader: PredictionLoader | None = None,
@@ -463,6 +499,7 @@ def evaluate_variant(
     name = registered_model_name(variant)
     versions: dict[str, Any] = {}
     curves: dict[str, ReliabilityBins] = {}
+    plan = subsets.evaluation_splits(attrs, cfg.splits)  # cfg.splits, each with a leakage-clean twin if flagged
     for ref in refs:
         primary_alias = ref.aliases[0]
         entry: dict[str, Any] = {"version": ref.version, "aliases": list(ref.aliases), "run_id": ref.run_id,
@@ -476,22 +513,27 @@ def evaluate_variant(
         seed_runs = sibling_seed_runs(client, ref.run_id) if ref.run_id is not None and client is not None else []
         if len(seed_runs) > 1:  # trained over several seeds: the variant's figures over all of them
             entry["selection_rule"] = ref.run_tags.get("memeops.selection_rule")
-            entry["seeds"] = {split: seed_block(seed_runs, split, loader, cfg) for split in cfg.splits}
-        for split in cfg.splits:
+            entry["seeds"] = {item.name: seed_block(seed_runs, item.split, _item_loader(loader, attrs, item), cfg)
+                              for item in plan}  # fmt: skip
+        frames: dict[str, Any] = {}
+        for item in plan:
+            split = item.split
             if ref.run_id is None:
-                entry["splits"][split] = {"status": MISSING, "note": "no source run"}
+                entry["splits"][item.name] = {"status": MISSING, "note": "no source run"}
                 continue
-            frame = loader(ref.run_id, split)
+            if split not in frames:  # a clean subset reuses its split's frame
+                frames[split] = loader(ref.run_id, split)
+            frame = frames[split]
             if frame is None or len(frame) == 0:
-                entry["splits"][split] = {"status": MISSING, "note": (
+                entry["splits"][item.name] = {"status": MISSING, "note": (
                     f"run {ref.run_id} logged no {PREDICTIONS_DIR}/{split}.parquet (a version that predates "
                     "the prediction logging, or a split it was not scored on): retrain to evaluate it")}  # fmt: skip
                 continue
             what = f"{name} v{ref.version} ({'/'.join(ref.aliases)}) {PREDICTIONS_DIR}/{split}.parquet"
-            result = evaluate_split(frame, attrs, split, cfg, what=what)
-            entry["splits"][split] = result.block
+            result = evaluate_item(frame, attrs, item, cfg, what=what)
+            entry["splits"][item.name] = result.block
             if result.bins is not None and result.bins.n:
-                curves[f"{'+'.join(ref.aliases)} v{ref.version} · {split}"] = result.bins
+                curves[f"{'+'.join(ref.aliases)} v{ref.version} · {item.name}"] = result.bins
         for alias in ref.aliases:
             versions[alias] = (
                 entry if alias == primary_alias else {"version": ref.version, "same_as": primary_alias}

@@ -23,14 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from memeops.evaluation.calibration import ReliabilityBins
 from memeops.evaluation.evaluate import EvaluateConfig, evaluated_splits, headline_metrics
 from memeops.reporting.evaluation import markdown_report, plot_reliability
 from memeops.timing import without_run_ids
 
-# The meme attributes evaluation breaks the metrics down by (read without the images' columns).
+# The meme attributes evaluation breaks the metrics down by (read without the images' columns), and
+# leak_of, which selects the leakage-clean subsets (read when the table has it).
 MEME_COLUMNS = ["meme_id", "split", "source", "language", "extra"]
+OPTIONAL_MEME_COLUMNS = ["leak_of"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,9 @@ def default_variants(params: Any) -> list[str]:
 
 
 def read_meme_attributes(memes_path: Path) -> pd.DataFrame:
-    """The meme table's id, split and breakdown columns."""
-    return pd.read_parquet(memes_path, columns=MEME_COLUMNS)
+    """The meme table's id, split, breakdown and ``leak_of`` columns."""
+    present = set(pq.read_schema(memes_path).names)
+    return pd.read_parquet(memes_path, columns=MEME_COLUMNS + [c for c in OPTIONAL_MEME_COLUMNS if c in present])
 
 
 def write_evaluation(report: Mapping[str, Any], curves: Mapping[str, Mapping[str, ReliabilityBins]],

@@ -13,6 +13,12 @@ from memeops.evaluation.calibration import ReliabilityBins
 from memeops.evaluation.evaluate import BREAKDOWNS, evaluated_splits
 from memeops.reporting.figures import new_figure, save_figure
 
+LEAKAGE_NOTE = (
+    "`<split>_clean` rows: the official `<split>` without its memes whose image duplicates a meme of an "
+    "earlier split (flagged with `leak_of` under `data.leakage.policy`). `<split>` itself is the official "
+    "split, whole: the figure to compare with published results; `<split>_clean` is the leakage-free one."
+)
+
 
 def _nan(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
@@ -70,6 +76,8 @@ def markdown_report(report: Mapping[str, Any], figures: Mapping[str, str] | None
     lines += [("The registered version is one seed of its training stage, chosen on validation only (the "
                "`median-val` rule: docs/reproducibility.md); the columns before the seeds column are that seed's, "
                "the seeds column summarises every seed of the same training."), ""]  # fmt: skip
+    if any("leakage" in block for *_, block in evaluated_splits(report)):  # only data with flagged memes
+        lines += [LEAKAGE_NOTE, ""]
     for variant, vb in report.get("variants", {}).items():
         lines += [f"## {variant} (`{vb.get('registered_model')}`)", ""]
         lines += [f"- {n}" for n in vb.get("notes", [])]
@@ -157,4 +165,4 @@ def plot_reliability(curves: Mapping[str, ReliabilityBins], path: str | Path, ti
     return save_figure(fig, path)
 
 
-__all__ = ["markdown_report", "plot_reliability"]
+__all__ = ["LEAKAGE_NOTE", "markdown_report", "plot_reliability"]
