@@ -15,6 +15,7 @@ reports/bench.json.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,10 @@ from memeops.models.clip import ClipEncoderConfig, load_clip, resolve_encoder_co
 
 
 def probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> float:
-    """Balanced accuracy on val of a standardised logistic regression fitted on train."""
+    """Balanced accuracy on ``val`` rows of a standardised logistic regression fitted on ``train``
+    rows; NaN when train has one class or val has no rows (a smoke run's tiny splits)."""
+    if len(set(y[train])) < 2 or not val.any():
+        return math.nan
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.5))
     model.fit(x[train], y[train])
     return float(balanced_accuracy_score(y[val], model.predict(x[val])))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from benchmarks import machine, print_table
+from benchmarks.encoder_probe import probe
 from memeops.config import SentenceEncoderConfig, load_params
 from memeops.data.consolidate import read_memes
 from memeops.models.clip import ClipEncoderConfig, load_clip, resolve_encoder_config
@@ -48,16 +44,6 @@ def english_synthmeme(memes: pd.DataFrame, limit: int | None) -> pd.DataFrame:
     if rows.empty:
         raise SystemExit("text_encoder_probe needs SynthMeme's English memes (their latent variables)")
     return rows.head(limit) if limit else rows
-
-
-def probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
-    """Balanced accuracy on ``test`` rows of a standardised logistic regression fitted on ``train``
-    rows; NaN when train has one class or test has no rows (a smoke run's tiny splits)."""
-    if len(set(y[train])) < 2 or not test.any():
-        return math.nan
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.5))
-    model.fit(x[train], y[train])
-    return float(balanced_accuracy_score(y[test], model.predict(x[test])))
 
 
 def caption_embeddings(texts: Sequence[str], text_cfg: SentenceEncoderConfig) -> dict[str, np.ndarray]:

@@ -207,7 +207,7 @@ def test_feature_cache_holds_differing_image_and_text_widths(tmp_path: Path, cli
     spec = json.loads((folder / "spec.json").read_text())
     assert spec["text_dim"] == HIDDEN and spec["encoder"]["text_encoder"]["kind"] == "path"
     store = FeatureStore(features.cache_dir, encoder.spec_key)
-    assert (store.image_dim, store.text_dim) == (IMAGE_DIM, HIDDEN)
+    assert (store.dims["image"], store.text_dim) == (IMAGE_DIM, HIDDEN)
     assert {k: v.shape for k, v in store.get([]).items()} == {"image": (0, IMAGE_DIM), "image_flip": (0, IMAGE_DIM),
                                                                "text": (0, HIDDEN)}  # fmt: skip
     direct = encoder.encode_texts(memes["text"].tolist()).numpy()

@@ -17,7 +17,7 @@ from memeops.vlm.instructions import InstructionSample, build_prompt, build_targ
 from memeops.vlm.model import TinyVLM, TinyVLMConfig, encode_pairs, load_vlm, save_vlm, train_tokenizer
 from memeops.vlm.train import (
     VLMTrainConfig,
-    _answer_ce,
+    answer_loss,
     fit_vlm,
     head_probabilities,
     label_head_loss,
@@ -114,7 +114,7 @@ def test_loss_includes_the_head_term(data) -> None:
         model.label_heads[s.task](hidden[i, start[i]])[None], torch.tensor([s.label_index])) for i, s in enumerate(chunk)]).mean()  # fmt: skip
     torch.testing.assert_close(head, by_hand)
     # the head's gradient reaches the decoder and the projector (joint training), not only the heads
-    (_answer_ce(model, hidden, enc["labels"], 1.0, None) + 0.5 * head).backward()
+    (answer_loss(model, hidden, enc["labels"], 1.0, None) + 0.5 * head).backward()
     assert model.label_heads["metaphor"].weight.grad is not None and model.projector[0].weight.grad.abs().sum() > 0
 
     train, val = _samples(24, "train"), _samples(6, "val")

@@ -135,7 +135,7 @@ def test_config_rejects_unknown_keys() -> None:
 
 
 def test_label_line_weighting() -> None:
-    from memeops.vlm.train import label_line_mask, weighted_answer_loss
+    from memeops.vlm.train import answer_loss, label_line_mask
 
     labels = torch.tensor([[IGNORE, IGNORE, 7, 8, 4, 9, 9, 2], [IGNORE, 7, 8, 2, IGNORE, IGNORE, IGNORE, IGNORE]])
     mask = label_line_mask(labels, newline_id=4)
@@ -145,8 +145,9 @@ def test_label_line_weighting() -> None:
     batch = {"input_ids": labels.clamp_min(5), "attention_mask": torch.ones_like(labels), "labels": labels}
     image = torch.randn(2, 8)
     reference = model(image, **batch).loss
+    hidden = model.token_hidden(image, batch["input_ids"], batch["attention_mask"])
     # weight 1 is the plain answer loss; a larger weight moves it towards the label line's own loss
-    torch.testing.assert_close(weighted_answer_loss(model, image, batch, 1.0, 4), reference)
+    torch.testing.assert_close(answer_loss(model, hidden, labels, 1.0, 4), reference)
     only_label = {**batch, "labels": torch.where(mask, labels, torch.full_like(labels, IGNORE))}
-    heavy = weighted_answer_loss(model, image, batch, 1e6, 4)
+    heavy = answer_loss(model, hidden, labels, 1e6, 4)
     torch.testing.assert_close(heavy, model(image, **only_label).loss, atol=1e-4, rtol=1e-4)

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from memeops.models.base import TaskSpec, batch_targets
-from memeops.models.clip import ClipEncoder, torch_threads
+from memeops.models.clip import ClipEncoder, torch_threads, width_entries
 from memeops.safetensors_io import save_tensors
 
 INDEX_FILE, SPEC_FILE = "index.json", "spec.json"
@@ -133,13 +133,9 @@ def _write_index(folder: Path, index: dict[str, tuple[str, int]], spec_key: str,
                  text_dim: int | None = None) -> None:  # fmt: skip
     """``index.json``; ``text_dim`` is written only when it differs from ``dim`` (the image width), so
     a cache whose two widths agree keeps the file it always had."""
-    payload = {"spec_key": spec_key, "dim": dim, **_text_dim_entry(dim, text_dim),
+    payload = {"spec_key": spec_key, **width_entries(dim, text_dim),
                "entries": {k: [s, r] for k, (s, r) in index.items()}}  # fmt: skip
     _atomic_write_text(folder / INDEX_FILE, json.dumps(payload))
-
-
-def _text_dim_entry(dim: int, text_dim: int | None) -> dict[str, int]:
-    return {"text_dim": text_dim} if text_dim is not None and text_dim != dim else {}
 
 
 def cache_dims(folder: Path) -> dict[str, int]:
@@ -199,8 +195,7 @@ def _encode_batch(encoder: ClipEncoder, images: Tensor, texts: list[str]) -> dic
 
 def _write_spec(folder: Path, encoder: ClipEncoder) -> None:
     if not (folder / SPEC_FILE).is_file():
-        spec = {"spec_key": encoder.spec_key, "dim": encoder.dim, **_text_dim_entry(encoder.dim, encoder.text_dim),
-                "encoder": encoder.config.model_dump()}  # fmt: skip
+        spec = {"spec_key": encoder.spec_key, **encoder.widths, "encoder": encoder.config.model_dump()}
         _atomic_write_text(folder / SPEC_FILE, json.dumps(spec, indent=2))
 
 
@@ -275,10 +270,6 @@ class FeatureStore:
     def dims(self) -> dict[str, int]:
         """Width of each tensor (``image``, ``image_flip``, ``text``): the model config's input widths."""
         return cache_dims(self.folder)
-
-    @property
-    def image_dim(self) -> int:
-        return self.dims["image"]
 
     @property
     def text_dim(self) -> int:

@@ -456,6 +456,11 @@ def encode_text(model: nn.Module, tokens: Tensor, normalize: bool = True) -> Ten
     return F.normalize(x, dim=-1) if normalize else x
 
 
+def width_entries(dim: int, text_dim: int | None) -> dict[str, int]:
+    """``{"dim": dim}`` and ``text_dim`` when given and different (see :attr:`ClipEncoder.widths`)."""
+    return {"dim": dim, **({"text_dim": text_dim} if text_dim is not None and text_dim != dim else {})}
+
+
 class ClipEncoder:
     """A frozen CLIP in eval mode: PIL images / texts -> L2-normalised float32 rows on CPU.
 
@@ -494,6 +499,13 @@ class ClipEncoder:
         """Texts -> ``[B, dim]`` through the CLIP text tower, whatever ``encoders.text`` says."""
         tokens = self.tokenize(list(texts)).to(self.device)
         return encode_text(self.model, tokens, normalize=True).float().cpu()
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """``{"dim": image width}``, plus ``text_dim`` only when the caption width differs (a sentence
+        encoder): how the feature cache's files and a packed model folder record them, so a cache
+        whose two widths agree keeps the files it always had."""
+        return width_entries(self.dim, self.text_dim)
 
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         """Texts -> ``[B, text_dim]``: the caption embedding of the feature cache (the sentence

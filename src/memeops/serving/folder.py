@@ -175,8 +175,7 @@ class ClipFeatureInputs:
         packed = cfg.model_copy(update=update)
         (dest / cls.CONFIG_FILE).write_text(packed.model_dump_json(indent=2), encoding="utf-8")
         encoder = cls._load_encoder(dest, "cpu")
-        text_dim = {"text_dim": encoder.text_dim} if encoder.text_dim != encoder.dim else {}
-        return {"kind": cls.kind, "spec_key": encoder.spec_key, "dim": encoder.dim, **text_dim}
+        return {"kind": cls.kind, "spec_key": encoder.spec_key, **encoder.widths}
 
     @classmethod
     def _pack_text_folder(cls, text: SentenceEncoderConfig, source: Path, dest: Path) -> SentenceEncoderConfig:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
@@ -64,8 +64,8 @@ def served_label_source(model: TinyVLM, config: Mapping[str, Any], specs: Sequen
     for every served task."""
     heads = model.cfg.label_tasks
     source = config.get("label_source") or ("head" if heads else "candidates")
-    if source not in ("candidates", "head", "mix"):
-        raise ValueError(f"unknown label_source {source!r} in the model folder (candidates, head, mix)")
+    if source not in get_args(LabelSource):
+        raise ValueError(f"unknown label_source {source!r} in the model folder ({', '.join(get_args(LabelSource))})")
     if source != "candidates":
         for spec in specs:
             if tuple(heads.get(spec.name, ())) != tuple(spec.labels):

@@ -45,7 +45,8 @@ def make_loader(
         # sampler yields index lists and auto-collation is off. Same order as shuffle=True would give.
         order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
         return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
-                          collate_fn=whole_batch, num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=False)  # fmt: skip
+                          collate_fn=whole_batch, num_workers=num_workers, pin_memory=device.type == "cuda",
+                          persistent_workers=False)  # fmt: skip
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -79,8 +80,8 @@ def sharded_loader(
 
 def whole_batch(batch: dict) -> dict:
     """The collate of a batched dataset: its ``dataset[indices]`` already is the batch. (The loader's
-    default, ``default_convert``, walks every meme id of it each step for nothing: ~15% of a small
-    head's step.)"""
+    default, ``default_convert``, walks every meme id of it each step for nothing: bilinear_hateful's
+    300-epoch fit took 13.7 instead of 14.1 s on 2 CPU cores.)"""
     return batch
 
 

@@ -116,14 +116,10 @@ def label_line_mask(labels: Tensor, newline_id: int | None) -> Tensor:
     return answer & ((after == 0) | first_nl)
 
 
-def weighted_answer_loss(model: TinyVLM, image_emb: Tensor, batch: Mapping[str, Tensor], label_weight: float,
-                         newline_id: int | None) -> Tensor:  # fmt: skip
-    """Token cross-entropy on the answer, label-line tokens weighted by ``label_weight``."""
-    hidden = model.token_hidden(image_emb, batch["input_ids"], batch["attention_mask"])
-    return _answer_ce(model, hidden, batch["labels"], label_weight, newline_id)
-
-
-def _answer_ce(model: TinyVLM, hidden: Tensor, labels: Tensor, label_weight: float, newline_id: int | None) -> Tensor:
+def answer_loss(model: TinyVLM, hidden: Tensor, labels: Tensor, label_weight: float,
+                newline_id: int | None) -> Tensor:  # fmt: skip
+    """Token cross-entropy on the answer of :meth:`TinyVLM.token_hidden` states, label-line tokens
+    weighted by ``label_weight`` (1: the plain mean over answer tokens)."""
     logits, targets = model.answer_vocab_logits(hidden, labels)
     ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     if label_weight == 1.0:
@@ -231,7 +227,7 @@ def fit_vlm(train: Sequence[InstructionSample], val: Sequence[InstructionSample]
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(step, warmup, steps)
                 hidden = model.token_hidden(_image_batch(chunk, images, flips), enc["input_ids"], enc["attention_mask"])
-                loss = answer = _answer_ce(model, hidden, enc["labels"], cfg.label_weight, newline)
+                loss = answer = answer_loss(model, hidden, enc["labels"], cfg.label_weight, newline)
                 if cfg.label_head:
                     head = label_head_loss(model, hidden, enc["labels"], chunk)
                     loss = answer + cfg.label_head_weight * head
@@ -253,8 +249,9 @@ def fit_vlm(train: Sequence[InstructionSample], val: Sequence[InstructionSample]
             fit.history.append(record)
             if callback is not None:
                 callback(epoch, record)
-            if monitor_value(record, cfg) < best:
-                best, fit.best_epoch = monitor_value(record, cfg), epoch
+            value = monitor_value(record, cfg)
+            if value < best:
+                best, fit.best_epoch = value, epoch
                 best_state = copy.deepcopy(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
